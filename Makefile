@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole suite).
+# Both create/refresh .venv from the repo's own files (pyproject.toml + constraints.txt).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export SECUREFVPA_HH_RLHF_DIR ?= $(abspath ../shared/data/relabeled_hh_rlhf)
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+# torch is installed first and pinned through constraints.txt: a looser resolve pulls a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/securefvpa run examples/demo.toml --out runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check securefvpa tests benchmarks audits examples
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/personalization.py --quick
+	$(PY) benchmarks/federated.py --quick
+	$(PY) benchmarks/dp.py --quick
+	$(PY) benchmarks/secagg.py --quick
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

