@@ -1,0 +1,180 @@
+"""The Opacus adapter: client-side DP-SGD over episodes, the only module that imports opacus.
+
+Privacy unit: one preference pair. Mechanism, per local step:
+
+1. every train pair of the client is placed in exactly one *episode* (a group of one user's
+   pairs: context pairs encoded into z, target pairs scored) by a random permutation that does
+   not look at content (``episodes.partition_episodes``);
+2. each episode is included independently with probability ``q`` (Poisson sampling; the coin
+   flips come from the OS CSPRNG);
+3. Opacus computes one gradient per included episode (``GradSampleModule``), clips it to norm
+   ``C`` and sums (``DPOptimizer.clip_and_accumulate``);
+4. Gaussian noise ``N(0, sigma^2 C^2 I)`` from the OS CSPRNG is added (``CsprngDPOptimizer``).
+
+Changing one pair changes the content of exactly one episode and so at most one clipped
+per-episode gradient, by at most ``2C`` in L2 norm: the mechanism is the Poisson-subsampled
+Gaussian under the *replace-one* (substitution) relation on pairs, with the number of pairs of
+a client public. ``tests/train/test_private.py::test_one_pair_changes_one_clipped_gradient``
+measures this; the accountant (securefvpa.privacy) composes exactly these events.
+
+Why not ``PrivacyEngine.make_private``: it owns the data loader and the noise generator, and its
+secure mode needs ``torchcsprng`` (no build for torch 2.13). We use the same Opacus parts it
+assembles (``GradSampleModule`` / ``DPOptimizer``) with CSPRNG sampling and noise, and a fresh
+optimizer per round; Opacus' own accountant is never used: every step is recorded as a
+dp-accounting event in the client's ledger, which the report is computed from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+
+from securefvpa.config import TrainConfig
+from securefvpa.data.dataset import EmbeddedPairs, UserData
+from securefvpa.errors import ModelError
+from securefvpa.models.priors import geometric_temperature
+from securefvpa.train import csprng
+from securefvpa.train.episodes import collate, partition_episodes
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    noise_multiplier: float
+    clip: float
+    sample_rate: float
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise_multiplier must be finite and >= 0. Found {self.noise_multiplier}.")
+        if not self.clip > 0:
+            raise ValueError(f"clip must be > 0. Found {self.clip}.")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1]. Found {self.sample_rate}.")
+
+
+@dataclass(frozen=True)
+class PrivateStats:
+    steps: int
+    mean_loss: float
+    episodes: int  # episodes in the client's partition per step (the Poisson population)
+    sampled: int  # episodes actually sampled over all steps
+
+
+class CsprngDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer with Gaussian noise drawn from the OS CSPRNG (see ``csprng``)."""
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            summed = p.summed_grad
+            if std > 0:
+                noise = csprng.standard_normal(summed.numel()) * std
+                summed = summed + torch.from_numpy(noise).to(summed.dtype).view_as(summed)
+            p.grad = summed.view_as(p)
+
+
+def validate_for_dp(model: torch.nn.Module) -> None:
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ModelError(f"model is not compatible with Opacus DP-SGD: {errors[0]}")
+
+
+def wrap(model: torch.nn.Module, mode: str) -> GradSampleModule:
+    if mode not in ("hooks", "functorch"):
+        raise ValueError(f"grad_sample_mode must be 'hooks' or 'functorch'. Found {mode!r}.")
+    validate_for_dp(model)
+    return GradSampleModule(model, batch_first=True, loss_reduction="mean",
+                            force_functorch=(mode == "functorch"))
+
+
+def _empty_grad_samples(gsm: GradSampleModule) -> None:
+    """An empty Poisson sample: zero per-sample rows, so the step is noise only."""
+    for p in gsm.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+
+
+def private_train_steps(
+    model: torch.nn.Module,
+    pairs: EmbeddedPairs,
+    users: tuple[UserData, ...] | list[UserData],
+    *,
+    steps: int,
+    train_cfg: TrainConfig,
+    dp: DPSettings,
+    rng: np.random.Generator,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+    tau: tuple[float, float] | None = None,
+) -> PrivateStats:
+    """Run ``steps`` DP-SGD steps on ``model`` in place; returns statistics, never data.
+
+    ``rng`` only shuffles pairs into episodes (content-independent, not a secret); the sampling
+    coins and the noise come from the CSPRNG.
+    """
+    gsm = wrap(model, dp.grad_sample_mode)
+    n_episodes = len(partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                                        target_pairs=train_cfg.target_pairs, rng=np.random.default_rng(0)))
+    if n_episodes == 0:
+        raise ModelError("the client has no training pairs")
+    optimizer = CsprngDPOptimizer(
+        torch.optim.Adam(gsm.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.clip,
+        expected_batch_size=max(1, round(dp.sample_rate * n_episodes)),
+        loss_reduction="mean",
+    )
+    total = total_steps or steps
+    losses: list[float] = []
+    sampled_total = 0
+    gsm.train()
+    for i in range(steps):
+        if tau is not None and hasattr(model, "set_temperature"):
+            model.set_temperature(geometric_temperature(step_offset + i, total, *tau))
+        episodes = partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                                      target_pairs=train_cfg.target_pairs, rng=rng)
+        keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
+        chosen = [e for e, k in zip(episodes, keep) if k]
+        sampled_total += len(chosen)
+        optimizer.zero_grad(set_to_none=True)
+        if chosen:
+            batch = collate(pairs, chosen)
+            per_episode, _ = gsm(**batch.inputs())
+            per_episode.mean().backward()
+            losses.append(float(per_episode.detach().mean()))
+        else:
+            _empty_grad_samples(gsm)
+        optimizer.step()
+    gsm._close()
+    return PrivateStats(steps=steps, mean_loss=float(np.mean(losses)) if losses else float("nan"),
+                        episodes=n_episodes, sampled=sampled_total)
+
+
+def per_episode_clipped_grads(model: torch.nn.Module, batch: Any, clip: float,
+                              mode: str = "hooks") -> torch.Tensor:
+    """Clipped per-episode gradients, flattened ``[B, n_params]`` (for the sensitivity test).
+
+    Uses the same Opacus per-sample machinery and the same clipping rule as the optimizer.
+    """
+    gsm = wrap(model, mode)
+    gsm.zero_grad(set_to_none=True)
+    per_episode, _ = gsm(**batch.inputs())
+    per_episode.mean().backward()
+    rows = [p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in gsm.parameters()
+            if p.requires_grad and p.grad_sample is not None]
+    flat = torch.cat(rows, dim=1)
+    # Opacus: per_sample_clip_factor = (C / (norm + 1e-6)).clamp(max=1)
+    factor = (clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    out = flat * factor[:, None]
+    for p in gsm.parameters():
+        p.grad_sample = None
+    gsm._close()
+    return out.detach()
