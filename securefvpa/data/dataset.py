@@ -45,9 +45,13 @@ class EmbeddedPairs:
         for name in ("chosen", "rejected", "chosen_len", "rejected_len", "user_index",
                      "type_index", "controversial"):
             if getattr(self, name).shape[0] != n:
-                raise DataError(f"EmbeddedPairs.{name} has {getattr(self, name).shape[0]} rows, expected {n}")
+                raise DataError(
+                    f"EmbeddedPairs.{name} has {getattr(self, name).shape[0]} rows, expected {n}"
+                )
         if len(self.pair_ids) != n:
-            raise DataError(f"EmbeddedPairs.pair_ids has {len(self.pair_ids)} entries, expected {n}")
+            raise DataError(
+                f"EmbeddedPairs.pair_ids has {len(self.pair_ids)} entries, expected {n}"
+            )
 
     @property
     def n_pairs(self) -> int:

@@ -49,12 +49,18 @@ class PreferenceRecord:
                 raise DataError(f"{where}: field {name!r} must not be empty")
         user_type = obj.get("user_type")
         if user_type is not None and (not isinstance(user_type, str) or not user_type):
-            raise DataError(f"{where}: field 'user_type' must be a non-empty string. Found {user_type!r}.")
+            raise DataError(
+                f"{where}: field 'user_type' must be a non-empty string. Found {user_type!r}."
+            )
         controversial = obj.get("controversial")
         if controversial is not None and not isinstance(controversial, bool):
-            raise DataError(f"{where}: field 'controversial' must be true or false. Found {controversial!r}.")
+            raise DataError(
+                f"{where}: field 'controversial' must be true or false. Found {controversial!r}."
+            )
         if obj["chosen"] == obj["rejected"]:
-            raise DataError(f"{where}: field 'chosen' equals field 'rejected' (pair {obj['pair_id']!r})")
+            raise DataError(
+                f"{where}: field 'chosen' equals field 'rejected' (pair {obj['pair_id']!r})"
+            )
         return cls(
             user_id=obj["user_id"],
             pair_id=obj["pair_id"],

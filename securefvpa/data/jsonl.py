@@ -1,0 +1,81 @@
+"""Canonical preference records as JSON Lines: one :class:`PreferenceRecord` object per line.
+
+Reading validates every line through :meth:`PreferenceRecord.from_json`, so every error names the
+file, the 1-based line and the field. Blank lines are skipped. Writing is atomic (temporary file in
+the same folder, then ``os.replace``), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from securefvpa.data.records import PreferenceRecord
+from securefvpa.errors import DataError
+
+
+def read_records(path: str | Path) -> list[PreferenceRecord]:
+    """Read and validate every record of a JSONL file.
+
+    Raises :class:`DataError` naming file and line for invalid JSON, a record that fails
+    validation (the message also names the field), or a ``pair_id`` seen on an earlier line.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"JSONL file not found: {str(p)!r}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read JSONL file {str(p)!r}: {exc.strerror}") from None
+    records: list[PreferenceRecord] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        rec = PreferenceRecord.from_json(obj, where=where)
+        if rec.pair_id in first_line:
+            raise DataError(
+                f"{where}: field 'pair_id' {rec.pair_id!r} duplicates line "
+                f"{first_line[rec.pair_id]}"
+            )
+        first_line[rec.pair_id] = lineno
+        records.append(rec)
+    return records
+
+
+def write_records(path: str | Path, records: Iterable[PreferenceRecord]) -> int:
+    """Write ``records`` as JSONL atomically; returns the number of records written.
+
+    Duplicate ``pair_id`` values are refused (:class:`DataError`) so that what is written can
+    always be read back.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    lines: list[str] = []
+    for rec in records:
+        if rec.pair_id in seen:
+            raise DataError(f"cannot write {str(p)!r}: duplicate pair_id {rec.pair_id!r}")
+        seen.add(rec.pair_id)
+        lines.append(json.dumps(rec.to_json(), ensure_ascii=False))
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(lines)

@@ -1,0 +1,104 @@
+"""The one data entry point of a run: records -> embeddings -> user split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from securefvpa.config import RunConfig
+from securefvpa.data.dataset import EmbeddedPairs, UserSplit
+from securefvpa.data.embed import embed_records_with_stats
+from securefvpa.data.hh_rlhf import load_hh_rlhf_with_stats
+from securefvpa.data.jsonl import read_records
+from securefvpa.data.records import PreferenceRecord
+from securefvpa.data.split import split_users
+from securefvpa.data.synth import generate
+from securefvpa.errors import ConfigError
+
+log = logging.getLogger("securefvpa.data")
+
+
+def cap_users_balanced(records: list[PreferenceRecord], users: int) -> list[PreferenceRecord]:
+    """Keep ``users`` users, as evenly spread over user types as the data allows.
+
+    Users are taken in their order of first appearance within each type (the HH loader has already
+    shuffled them with the run seed); types are filled round-robin in sorted order.
+    """
+    order: dict[str | None, list[str]] = {}
+    seen: set[str] = set()
+    for r in records:
+        if r.user_id not in seen:
+            seen.add(r.user_id)
+            order.setdefault(r.user_type, []).append(r.user_id)
+    if users >= len(seen):
+        return records
+    keep: set[str] = set()
+    queues = [list(v) for _, v in sorted(order.items(), key=lambda kv: str(kv[0]))]
+    while len(keep) < users:
+        for q in queues:
+            if q and len(keep) < users:
+                keep.add(q.pop(0))
+    return [r for r in records if r.user_id in keep]
+
+
+def build_records(cfg: RunConfig) -> tuple[list[PreferenceRecord], dict[str, Any]]:
+    """The preference records ``cfg.data`` asks for, and counts about how they were built."""
+    d = cfg.data
+    info: dict[str, Any] = {"source": d.source}
+    if d.source == "synth":
+        if d.users < 1:
+            raise ConfigError(f"data.users must be >= 1 when data.source='synth'. Found {d.users}.")
+        records = generate(users=d.users, pairs_per_user=d.pairs_per_user, types=d.types,
+                           controversial_share=d.controversial_share, seed=cfg.seed)
+    elif d.source == "hh_rlhf":
+        records, st = load_hh_rlhf_with_stats(d.resolved_hh_rlhf_dir(),
+                                              pairs_per_user=d.pairs_per_user, seed=cfg.seed,
+                                              max_pairs=d.max_pairs)
+        info.update(st.as_info())
+        if d.users > 0:
+            before = len({r.user_id for r in records})
+            records = cap_users_balanced(records, d.users)
+            info["hh_users_available"] = before
+    elif d.source == "jsonl":
+        records = read_records(d.path)
+    else:  # pragma: no cover - config validation rejects other values
+        raise ConfigError(
+            f"data.source must be one of ['synth', 'hh_rlhf', 'jsonl']. Found {d.source!r}."
+        )
+    return records, info
+
+
+def load_dataset(cfg: RunConfig) -> tuple[EmbeddedPairs, UserSplit, dict[str, Any]]:
+    """Records from ``cfg.data.source``, embedded with ``cfg.embedding``, split with ``cfg.data``.
+
+    ``info`` holds: source, records, users, types, type_names, distinct_texts, cache_hits,
+    cache_misses, model_loaded, embed_seconds, texts_per_s, model_id, the split's counts
+    (split_*), and for hh_rlhf the rows read/skipped/left over (hh_*).
+    """
+    t0 = time.perf_counter()
+    records, info = build_records(cfg)
+    e = cfg.embedding
+    pairs, st = embed_records_with_stats(records, model_path=e.model_path, cache_dir=e.cache_dir,
+                                         max_tokens=e.max_tokens, batch_size=e.batch_size)
+    split = split_users(pairs, heldout_pairs=cfg.data.heldout_pairs,
+                        unseen_share=cfg.data.unseen_share, seed=cfg.seed)
+    info.update(
+        records=pairs.n_pairs,
+        users=len(pairs.user_ids),
+        types=len(pairs.type_names),
+        type_names=list(pairs.type_names),
+        distinct_texts=st.texts,
+        cache_hits=st.hits,
+        cache_misses=st.misses,
+        model_loaded=st.model_loaded,
+        embed_seconds=round(st.encode_seconds, 3),
+        texts_per_s=None if st.misses == 0 else round(st.texts_per_s, 1),
+        model_id=st.model_id,
+        **{f"split_{k}": v for k, v in split.meta.items()},
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("data: %d pairs of %d users (%d types), %d distinct texts (%d cached), split %s",
+             pairs.n_pairs, len(pairs.user_ids), len(pairs.type_names), st.texts, st.hits,
+             split.meta)
+    return pairs, split, info
