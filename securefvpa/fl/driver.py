@@ -79,8 +79,9 @@ def finish_federated_run(cfg: RunConfig, run_dir: Path, result: dict[str, Any]) 
     }
     np.savez(run_dir / "final_params.npz", **result["params"])
     if cfg.privacy.enabled:
-        from securefvpa.dp_plan import write_privacy_report
+        from securefvpa.dp_plan import close_ledger, write_privacy_report
 
+        close_ledger(cfg, run_dir, utility=metrics["accuracy"])
         metrics["privacy_report"] = write_privacy_report(cfg, run_dir, utility=metrics["accuracy"])
     tmp = run_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
