@@ -132,14 +132,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_account(args: argparse.Namespace) -> int:
     from securefvpa.privacy.accountant import epsilon_both
+    from securefvpa.privacy.events import DpSgdEvent
 
-    res = epsilon_both(q=args.q, sigma=args.sigma, steps=args.steps, delta=args.delta, relation=args.relation)
+    event = DpSgdEvent("cli", 0, args.sigma, args.q, args.steps, 1.0, args.relation)
+    res = epsilon_both([event], args.delta)
+    out = {"q": args.q, "sigma": args.sigma, "steps": args.steps, "delta": args.delta,
+           "relation": args.relation, "epsilon_pld": res.pld, "epsilon_rdp": res.rdp}
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(out, indent=2))
     else:
         print(f"q={args.q} sigma={args.sigma} steps={args.steps} delta={args.delta} relation={args.relation}")
-        print(f"epsilon (PLD, primary):   {res['pld']:.4f}")
-        print(f"epsilon (RDP, cross-check): {res['rdp']:.4f}")
+        print(f"epsilon (PLD, primary):     {res.pld:.4f}")
+        print(f"epsilon (RDP, cross-check): {res.rdp:.4f}")
     return 0
 
 
@@ -147,8 +151,11 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     from securefvpa.privacy.ledger import verify
 
     result = verify(args.path, expected_head=args.head)
-    print(result.summary())
-    return 0 if result.ok else 1
+    if result.ok:
+        print(f"OK: {result.entry_count} entries, head {result.head_hash}")
+        return 0
+    print(f"TAMPERED: first bad entry seq={result.first_bad_seq}: {result.reason}")
+    return 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -1,0 +1,471 @@
+"""Append-only, hash-chained privacy ledger on SQLite.
+
+Every privacy-relevant fact of a run is one entry: ``dp_sgd`` (a round of local DP-SGD a client
+ran; payload = :class:`DpSgdEvent`), ``declined`` (the budget guard refused a round; nothing was
+trained), ``run_start`` / ``run_end`` (run id and config hash). An entry is
+
+    (seq, timestamp, kind, client_id, round, payload, prev_hash, entry_hash)
+
+with ``payload`` canonical JSON, ``prev_hash`` the previous entry's hash (for seq 1 a genesis
+hash bound to this ledger's random id) and ``entry_hash`` = SHA-256 over a domain-separated,
+length-prefixed, typed encoding of all other fields (so no two field tuples encode alike).
+
+What :func:`verify` detects, and what it cannot:
+
+* detected: an edited field, a deleted entry, an inserted entry, reordered entries, an edited
+  ``prev_hash`` or ``entry_hash``, a payload that is not canonical or not a valid event, a
+  ``client_id``/``round`` column that disagrees with the payload, a foreign or edited ledger id.
+* NOT detected by the chain alone: removal of the newest entries (tail truncation) and a
+  wholesale rewrite of the chain by someone who recomputes every hash (the chain is keyless).
+  Both are detected only against a head hash and entry count kept elsewhere: the privacy report
+  records them and :func:`verify` takes ``expected_head`` / ``expected_count``.
+
+Crash safety: WAL journal with ``synchronous=FULL``, one ``BEGIN IMMEDIATE`` transaction per
+append, committed before :meth:`Ledger.append` returns its hash; SQLite's atomic commit means a
+SIGKILL never leaves a half-written entry and never loses an acknowledged one. ``BEGIN
+IMMEDIATE`` plus a busy timeout serialises writers from several processes, so the chain stays
+linear. (SQLite WAL needs a local file system, not NFS.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from securefvpa.errors import AccountingError, LedgerError
+from securefvpa.privacy.events import DpSgdEvent, canonical_json, check_client_id
+
+LEDGER_SCHEMA_VERSION = "1"
+KINDS = ("dp_sgd", "declined", "run_start", "run_end")
+_ENTRY_DOMAIN = b"securefvpa/privacy-ledger/entry/v1"
+_GENESIS_DOMAIN = b"securefvpa/privacy-ledger/genesis/v1"
+_COLUMNS = (
+    "seq",
+    "timestamp",
+    "kind",
+    "client_id",
+    "round",
+    "payload",
+    "prev_hash",
+    "entry_hash",
+)
+_SELECT = (
+    "SELECT seq, timestamp, kind, client_id, round, payload, prev_hash, entry_hash FROM entries"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    client_id TEXT,
+    round INTEGER,
+    payload TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
+);
+"""
+
+
+def _enc(value: str | int | None) -> bytes:
+    """Typed, length-prefixed encoding: None, int and str never collide."""
+    if value is None:
+        return b"N"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise LedgerError(f"cannot encode ledger field {value!r}")
+    if isinstance(value, int):
+        tag, raw = b"I", str(value).encode("ascii")
+    else:
+        tag, raw = b"S", value.encode("utf-8")
+    return tag + len(raw).to_bytes(8, "big") + raw
+
+
+def genesis_hash(ledger_id: str) -> str:
+    return hashlib.sha256(_enc(_GENESIS_DOMAIN.decode()) + _enc(ledger_id)).hexdigest()
+
+
+def entry_hash(
+    seq: int,
+    timestamp: str,
+    kind: str,
+    client_id: str | None,
+    round_: int | None,
+    payload: str,
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) over the domain tag and every field of an entry, prev_hash included."""
+    h = hashlib.sha256(_enc(_ENTRY_DOMAIN.decode()))
+    for field in (seq, timestamp, kind, client_id, round_, payload, prev_hash):
+        h.update(_enc(field))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    timestamp: str
+    kind: str
+    client_id: str | None
+    round: int | None
+    payload: str
+    prev_hash: str
+    entry_hash: str
+
+    def payload_obj(self) -> dict[str, Any]:
+        out = json.loads(self.payload)
+        if not isinstance(out, dict):
+            raise LedgerError(f"ledger entry {self.seq}: payload is not a JSON object")
+        return out
+
+    def event(self) -> DpSgdEvent:
+        """The DP-SGD event of a ``dp_sgd`` entry (or the planned one of a ``declined`` entry)."""
+        obj = self.payload_obj()
+        try:
+            if self.kind == "dp_sgd":
+                return DpSgdEvent.from_payload(obj)
+            if self.kind == "declined":
+                return DpSgdEvent.from_payload(obj.get("planned"))
+        except AccountingError as err:
+            raise LedgerError(f"ledger entry {self.seq}: {err}") from err
+        raise LedgerError(f"ledger entry {self.seq} of kind {self.kind!r} carries no event")
+
+
+@dataclass(frozen=True)
+class LedgerVerification:
+    """Result of :func:`verify`. ``first_bad_seq`` is None when ``ok``."""
+
+    ok: bool
+    entry_count: int
+    head_hash: str
+    first_bad_seq: int | None
+    reason: str
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="microseconds")
+
+
+def _connect(path: Path, *, read_only: bool, busy_timeout_s: float) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s, isolation_level=None
+        )
+        conn.execute("PRAGMA query_only=ON")
+    else:
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    return conn
+
+
+class Ledger:
+    """Append-only, hash-chained ledger; see the module docstring for guarantees.
+
+    ``clock`` returns seconds since the epoch (injected so tests can fix time).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 60.0,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        try:
+            self._conn = _connect(self.path, read_only=False, busy_timeout_s=busy_timeout_s)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        self._conn.execute(stmt)
+                meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+                if not meta:
+                    meta = {
+                        "schema_version": LEDGER_SCHEMA_VERSION,
+                        "ledger_id": os.urandom(16).hex(),
+                    }
+                    self._conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise LedgerError(f"cannot open privacy ledger {str(self.path)!r}: {err}") from err
+        if meta.get("schema_version") != LEDGER_SCHEMA_VERSION or "ledger_id" not in meta:
+            raise LedgerError(
+                f"ledger {str(self.path)!r} has schema_version "
+                f"{meta.get('schema_version')!r}; expected {LEDGER_SCHEMA_VERSION!r}."
+            )
+        self.ledger_id = meta["ledger_id"]
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- appends -----------------------------------------------------------------------------
+    def _append(self, kind: str, client_id: str | None, round_: int | None, payload: str) -> str:
+        timestamp = _utc(self._clock())
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute(_SELECT + " ORDER BY seq DESC LIMIT 1").fetchone()
+                if row is None:
+                    seq, prev = 1, genesis_hash(self.ledger_id)
+                else:
+                    last = LedgerEntry(*row)
+                    recomputed = entry_hash(*row[:7])
+                    if not hmac.compare_digest(recomputed, last.entry_hash):
+                        raise LedgerError(
+                            f"refusing to append: newest ledger entry {last.seq} fails its hash "
+                            f"check; run `securefvpa ledger verify {self.path}`."
+                        )
+                    seq, prev = last.seq + 1, last.entry_hash
+                h = entry_hash(seq, timestamp, kind, client_id, round_, payload, prev)
+                self._conn.execute(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, timestamp, kind, client_id, round_, payload, prev, h),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise LedgerError(f"cannot append to ledger {str(self.path)!r}: {err}") from err
+        return h
+
+    def append(self, event: DpSgdEvent) -> str:
+        """Record a round of DP-SGD; returns the entry hash once the entry is durable."""
+        if not isinstance(event, DpSgdEvent):
+            raise LedgerError(f"append takes a DpSgdEvent. Found {event!r}.")
+        return self._append("dp_sgd", event.client_id, event.round, event.to_json())
+
+    def append_declined(
+        self,
+        planned_event: DpSgdEvent,
+        *,
+        reason: str,
+        epsilon_now: float,
+        epsilon_if_trained: float,
+        budget_epsilon: float,
+    ) -> str:
+        """Record that the budget guard refused ``planned_event`` (nothing was trained)."""
+        if not isinstance(planned_event, DpSgdEvent):
+            raise LedgerError(f"append_declined takes a DpSgdEvent. Found {planned_event!r}.")
+        payload = canonical_json(
+            {
+                "schema_version": 1,
+                "planned": planned_event.to_payload(),
+                "reason": str(reason),
+                "epsilon_now": float(epsilon_now),
+                "epsilon_if_trained": float(epsilon_if_trained),
+                "budget_epsilon": float(budget_epsilon),
+            }
+        )
+        return self._append("declined", planned_event.client_id, planned_event.round, payload)
+
+    def _append_run(self, kind: str, run_id: str, config_hash: str, extra: dict | None) -> str:
+        check_client_id(run_id)  # same rules: non-empty, printable, bounded
+        if not isinstance(config_hash, str) or not config_hash:
+            raise LedgerError(f"config_hash must be a non-empty string. Found {config_hash!r}.")
+        payload = canonical_json(
+            {
+                "schema_version": 1,
+                "run_id": run_id,
+                "config_hash": config_hash,
+                "extra": dict(extra or {}),
+            }
+        )
+        return self._append(kind, None, None, payload)
+
+    def append_run_start(self, run_id: str, config_hash: str, extra: dict | None = None) -> str:
+        return self._append_run("run_start", run_id, config_hash, extra)
+
+    def append_run_end(self, run_id: str, config_hash: str, extra: dict | None = None) -> str:
+        return self._append_run("run_end", run_id, config_hash, extra)
+
+    # -- reads -------------------------------------------------------------------------------
+    def entries(self) -> list[LedgerEntry]:
+        return list(_iter_entries(self._conn))
+
+    def head(self) -> tuple[int, str]:
+        """(entry count, head hash); the genesis hash for an empty ledger."""
+        return _head(self._conn, self.ledger_id)
+
+    def events_by_client(self) -> dict[str, list[DpSgdEvent]]:
+        """Every ``dp_sgd`` event, grouped by client, in ledger order (replay into accountant)."""
+        return events_by_client(self.entries())
+
+
+def _iter_entries(conn: sqlite3.Connection) -> Iterator[LedgerEntry]:
+    for row in conn.execute(_SELECT + " ORDER BY seq"):
+        yield LedgerEntry(*row)
+
+
+def _head(conn: sqlite3.Connection, ledger_id: str) -> tuple[int, str]:
+    count = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    row = conn.execute("SELECT entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    return int(count), (row[0] if row else genesis_hash(ledger_id))
+
+
+def events_by_client(entries: list[LedgerEntry]) -> dict[str, list[DpSgdEvent]]:
+    out: dict[str, list[DpSgdEvent]] = {}
+    for e in entries:
+        if e.kind == "dp_sgd":
+            ev = e.event()
+            out.setdefault(ev.client_id, []).append(ev)
+    return out
+
+
+def _check_payload(e: LedgerEntry) -> str | None:
+    """Why the payload of ``e`` is invalid, or None."""
+    try:
+        obj = json.loads(e.payload)
+    except ValueError:
+        return "payload is not JSON"
+    try:
+        if canonical_json(obj) != e.payload:
+            return "payload is not canonical JSON"
+    except AccountingError:
+        return "payload is not canonical JSON"
+    if not isinstance(obj, dict) or obj.get("schema_version") not in (1,):
+        return "payload has no supported schema_version"
+    if e.kind in ("dp_sgd", "declined"):
+        try:
+            ev = e.event()
+        except LedgerError as err:
+            return str(err)
+        if (ev.client_id, ev.round) != (e.client_id, e.round):
+            return "client_id/round columns disagree with the payload"
+        if e.kind == "declined":
+            keys = {
+                "schema_version",
+                "planned",
+                "reason",
+                "epsilon_now",
+                "epsilon_if_trained",
+                "budget_epsilon",
+            }
+            if set(obj) != keys:
+                return f"declined payload keys must be {sorted(keys)}"
+    else:
+        if set(obj) != {"schema_version", "run_id", "config_hash", "extra"}:
+            return "run payload must have keys config_hash, extra, run_id, schema_version"
+        if e.client_id is not None or e.round is not None:
+            return "run entries must have NULL client_id and round"
+    return None
+
+
+def read_entries(path: str | os.PathLike[str]) -> tuple[str, list[LedgerEntry]]:
+    """(ledger id, entries) read without writing; raises LedgerError if unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise LedgerError(f"no privacy ledger at {str(p)!r}")
+    try:
+        conn = _connect(p, read_only=True, busy_timeout_s=60.0)
+        try:
+            cols = tuple(r[1] for r in conn.execute("PRAGMA table_info(entries)"))
+            if cols != _COLUMNS:
+                raise LedgerError(f"ledger {str(p)!r}: entries table has columns {cols}")
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if set(meta) != {"schema_version", "ledger_id"}:
+                raise LedgerError(f"ledger {str(p)!r}: meta table has keys {sorted(meta)}")
+            if meta["schema_version"] != LEDGER_SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger {str(p)!r}: schema_version {meta['schema_version']!r}, expected "
+                    f"{LEDGER_SCHEMA_VERSION!r}"
+                )
+            conn.execute("BEGIN")  # one consistent snapshot
+            entries = list(_iter_entries(conn))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise LedgerError(f"cannot read privacy ledger {str(p)!r}: {err}") from err
+    return meta["ledger_id"], entries
+
+
+def _check_link(i: int, e: LedgerEntry, prev: str) -> str | None:
+    """Why entry ``e`` (expected at position ``i`` after hash ``prev``) is bad, or None."""
+    if e.seq != i:
+        return f"expected seq {i} (an entry was deleted, inserted or renumbered)"
+    if e.kind not in KINDS:
+        return f"unknown kind {e.kind!r}"
+    if not hmac.compare_digest(str(e.prev_hash), prev):
+        return "prev_hash does not match the previous entry's hash"
+    try:
+        recomputed = entry_hash(
+            e.seq, e.timestamp, e.kind, e.client_id, e.round, e.payload, e.prev_hash
+        )
+    except LedgerError as err:
+        return str(err)
+    if not hmac.compare_digest(recomputed, str(e.entry_hash)):
+        return "entry_hash does not match its contents (the entry was edited)"
+    return _check_payload(e)
+
+
+def verify_entries(
+    ledger_id: str,
+    entries: list[LedgerEntry],
+    *,
+    expected_head: str | None = None,
+    expected_count: int | None = None,
+) -> LedgerVerification:
+    """Check the chain of ``entries``; see :func:`verify`."""
+    prev = genesis_hash(ledger_id)
+    for i, e in enumerate(entries, start=1):
+        why = _check_link(i, e, prev)
+        if why is not None:
+            return LedgerVerification(False, len(entries), prev, e.seq, f"entry {e.seq}: {why}")
+        prev = e.entry_hash
+    n = len(entries)
+    if expected_count is not None and n != expected_count:
+        return LedgerVerification(
+            False,
+            n,
+            prev,
+            None,
+            f"ledger has {n} entries; expected {expected_count} "
+            "(entries were removed from, or added to, the end)",
+        )
+    if expected_head is not None and not hmac.compare_digest(prev, str(expected_head)):
+        return LedgerVerification(
+            False, n, prev, None, f"head hash {prev} differs from the expected {expected_head}"
+        )
+    return LedgerVerification(True, n, prev, None, f"ok: {n} entries, chain intact")
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    expected_head: str | None = None,
+    expected_count: int | None = None,
+) -> LedgerVerification:
+    """Verify the ledger at ``path`` without writing to it.
+
+    Returns ``ok=False`` with the first bad seq and why on any broken link. Tail truncation and
+    a recomputed chain are caught only through ``expected_head`` / ``expected_count`` (recorded
+    in the privacy report). An unreadable file or foreign schema raises :class:`LedgerError`.
+    """
+    ledger_id, entries = read_entries(path)
+    return verify_entries(
+        ledger_id, entries, expected_head=expected_head, expected_count=expected_count
+    )
