@@ -1,0 +1,169 @@
+"""Known-answer and misuse tests of the KDF, PRG, AEAD and signature helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from securefvpa.errors import ConfigError, ProtocolAbort
+from securefvpa.secagg.primitives import (
+    PURPOSE_PAIRWISE_MASK,
+    PURPOSE_SHARE_ENCRYPTION,
+    advertise_payload,
+    expand_mask,
+    keystream_uniform,
+    open_sealed,
+    pair_key,
+    public_bytes,
+    round_context,
+    seal,
+    share_associated_data,
+    sign,
+    verify,
+)
+
+A = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+B = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
+CTX_ARGS = dict(
+    session_id=b"\x01" * 32,
+    round_id=3,
+    threshold=2,
+    degree=0,
+    bits=32,
+    vector_length=4,
+    graph_seed=b"\x02" * 32,
+    participants=[5, 9, 12],
+)
+
+# Computed once from this implementation; a change of any derivation breaks these.
+KAT_CONTEXT = "385b1532333d67bb9e5633271b6a7fdb74d4f7253a40483afd09230ca1e3e3e6"
+KAT_MASK_KEY = "401243b60958b8756cd62d550082684c7735cd660442cbbd24ffaa6a3246aa97"
+KAT_SHARE_KEY = "eabbfd80169b407fac2247e13f489fa9bec98d542860116cba613db443c3d4b7"
+KAT_PRG32 = [3053490418, 3500099882, 1788539817, 2155294429]
+KAT_PRG64 = [
+    15032814528976949490,
+    9256919087594533801,
+    16546147286388202992,
+    4410926500381718182,
+]
+KAT_MASK_FROM_KEY = [732084166, 1122515419, 2207317149, 371488654]
+
+
+def _ctx() -> bytes:
+    return round_context(**CTX_ARGS)  # type: ignore[arg-type]
+
+
+def test_round_context_known_answer_and_independent_layout():
+    assert _ctx().hex() == KAT_CONTEXT
+    h = hashlib.sha256(b"securefvpa/secagg/v1/context")
+    h.update(b"\x20" + b"\x01" * 32 + struct.pack(">QIIBQ", 3, 2, 0, 32, 4))
+    h.update(b"\x20" + b"\x02" * 32 + struct.pack(">I3Q", 3, 5, 9, 12))
+    assert h.hexdigest() == KAT_CONTEXT
+
+
+def test_pair_keys_known_answer_and_symmetric():
+    mask_ab = pair_key(A, public_bytes(B), context=_ctx(), purpose=PURPOSE_PAIRWISE_MASK, a=9, b=5)
+    mask_ba = pair_key(B, public_bytes(A), context=_ctx(), purpose=PURPOSE_PAIRWISE_MASK, a=5, b=9)
+    share = pair_key(A, public_bytes(B), context=_ctx(), purpose=PURPOSE_SHARE_ENCRYPTION, a=5, b=9)
+    assert mask_ab == mask_ba
+    assert mask_ab.hex() == KAT_MASK_KEY
+    assert share.hex() == KAT_SHARE_KEY
+    assert mask_ab[:16] != share[:16]
+
+
+def test_pair_key_matches_rfc5869_hkdf_computed_with_hmac():
+    """Independent HKDF-SHA256 (RFC 5869 extract-then-expand with the stdlib hmac)."""
+    shared = A.exchange(B.public_key())
+    prk = hmac.new(_ctx(), shared, hashlib.sha256).digest()
+    info = b"securefvpa/secagg/v1/pairwise-mask|" + struct.pack(">QQ", 5, 9)
+    okm = hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+    assert okm.hex() == KAT_MASK_KEY
+
+
+def test_mask_expansion_known_answer():
+    seed = bytes(range(32))
+    assert expand_mask(seed, 4, 32).tolist() == KAT_PRG32
+    assert expand_mask(seed, 4, 64).tolist() == KAT_PRG64
+    assert expand_mask(bytes.fromhex(KAT_MASK_KEY), 4, 32).tolist() == KAT_MASK_FROM_KEY
+
+
+def test_mask_expansion_matches_raw_aes_blocks():
+    """Keystream = AES-256_k(counter block i), cross-checked with ECB on the counter blocks."""
+    seed = bytes(range(32))
+    ecb = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    blocks = ecb.update(b"".join(i.to_bytes(16, "big") for i in range(3))) + ecb.finalize()
+    assert list(struct.unpack("<4I", blocks[:16])) == KAT_PRG32
+    long = expand_mask(seed, 12, 32)
+    assert long.tobytes() == blocks
+
+
+def test_mask_expansion_long_vectors_are_prefix_consistent_across_chunks():
+    seed = b"\x07" * 32
+    n = (1 << 20) // 4 * 3 + 5  # crosses the 1 MiB chunk boundary, ragged tail
+    full = expand_mask(seed, n, 32)
+    assert np.array_equal(full[:1000], expand_mask(seed, 1000, 32))
+    out = np.empty(n, dtype=np.uint32)
+    assert np.array_equal(expand_mask(seed, n, 32, out=out), full)
+
+
+@pytest.mark.parametrize(
+    "seed, length, bits, out",
+    [
+        (b"\x00" * 31, 4, 32, None),
+        (b"\x00" * 32, 4, 16, None),
+        (b"\x00" * 32, 4, 32, np.empty(4, dtype=np.uint64)),
+        (b"\x00" * 32, 4, 32, np.empty(5, dtype=np.uint32)),
+    ],
+)
+def test_mask_expansion_rejects_bad_arguments(seed, length, bits, out):
+    with pytest.raises(ConfigError):
+        expand_mask(seed, length, bits, out=out)
+
+
+def test_keystream_uniform_in_unit_interval():
+    u = keystream_uniform(b"\x03" * 32, 10_000)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 0.02
+
+
+def test_aead_binds_sender_receiver_and_context():
+    key = b"\x05" * 32
+    ad = share_associated_data(_ctx(), 5, 9)
+    sealed = seal(key, b"\x00" * 12, b"secret shares", ad)
+    assert open_sealed(key, sealed, ad) == b"secret shares"
+    for wrong_ad in (
+        share_associated_data(_ctx(), 9, 5),
+        share_associated_data(b"\x00" * 32, 5, 9),
+    ):
+        with pytest.raises(ProtocolAbort):
+            open_sealed(key, sealed, wrong_ad)
+    flipped = bytearray(sealed)
+    flipped[20] ^= 1
+    with pytest.raises(ProtocolAbort):
+        open_sealed(key, bytes(flipped), ad)
+    with pytest.raises(ProtocolAbort):
+        open_sealed(key, sealed[:10], ad)
+
+
+def test_low_order_x25519_point_aborts():
+    with pytest.raises(ProtocolAbort):
+        pair_key(A, b"\x00" * 32, context=_ctx(), purpose=PURPOSE_PAIRWISE_MASK, a=1, b=2)
+
+
+def test_signature_bound_to_context_and_node():
+    identity = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)
+    payload = advertise_payload(_ctx(), 5, b"c" * 32, b"s" * 32)
+    sig = sign(identity, payload)
+    assert verify(identity.public_key(), sig, payload)
+    assert not verify(
+        identity.public_key(), sig, advertise_payload(_ctx(), 6, b"c" * 32, b"s" * 32)
+    )
+    other = round_context(**{**CTX_ARGS, "round_id": 4})  # type: ignore[arg-type]
+    assert not verify(identity.public_key(), sig, advertise_payload(other, 5, b"c" * 32, b"s" * 32))
