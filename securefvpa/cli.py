@@ -73,15 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--out", required=True, type=Path, help="run directory")
     run.add_argument("--resume", action="store_true", help="continue from the last complete round")
-    run.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
-                     metavar="KEY=VALUE", help="override a config key, e.g. federation.rounds=3")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. federation.rounds=3",
+    )
 
-    acc = sub.add_parser("account", help="privacy calculator: epsilon of Poisson-subsampled Gaussian DP-SGD")
+    acc = sub.add_parser(
+        "account", help="privacy calculator: epsilon of Poisson-subsampled Gaussian DP-SGD"
+    )
     acc.add_argument("--q", required=True, type=_float, help="sampling rate")
     acc.add_argument("--sigma", required=True, type=_float, help="noise multiplier")
     acc.add_argument("--steps", required=True, type=_positive_int)
     acc.add_argument("--delta", required=True, type=_float)
-    acc.add_argument("--relation", choices=["add_remove_one", "replace_one"], default="add_remove_one")
+    acc.add_argument(
+        "--relation", choices=["add_remove_one", "replace_one"], default="add_remove_one"
+    )
     acc.add_argument("--json", action="store_true", help="print JSON")
 
     ledger = sub.add_parser("ledger", help="privacy ledger tools")
@@ -96,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="empirical privacy audit with canaries")
     audit.add_argument("config", type=Path)
     audit.add_argument("--out", required=True, type=Path)
-    audit.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
-                       metavar="KEY=VALUE")
+    audit.add_argument(
+        "--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE"
+    )
     return p
 
 
@@ -106,9 +118,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from securefvpa.data.synth import synth_to_file
 
         if not 0.0 <= args.controversial_share <= 1.0:
-            raise SecureFVPAError(f"--controversial-share must be in [0, 1]. Found {args.controversial_share}.")
-        n = synth_to_file(args.out, users=args.users, pairs_per_user=args.pairs_per_user,
-                          types=args.types, controversial_share=args.controversial_share, seed=args.seed)
+            raise SecureFVPAError(
+                f"--controversial-share must be in [0, 1]. Found {args.controversial_share}."
+            )
+        n = synth_to_file(
+            args.out,
+            users=args.users,
+            pairs_per_user=args.pairs_per_user,
+            types=args.types,
+            controversial_share=args.controversial_share,
+            seed=args.seed,
+        )
         print(f"wrote {n} records to {args.out}")
         return 0
     from securefvpa.data.jsonl import read_records
@@ -124,7 +144,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     metrics = run(args.config, args.out, resume=args.resume, overrides=dict(args.overrides))
     acc = metrics.get("accuracy", {})
-    print(json.dumps({"model": metrics.get("model"), "accuracy": acc, "latent": metrics.get("latent")}, indent=2))
+    print(
+        json.dumps(
+            {"model": metrics.get("model"), "accuracy": acc, "latent": metrics.get("latent")},
+            indent=2,
+        )
+    )
     if metrics.get("report_html"):
         print(f"privacy report: {metrics['report_html']}")
     return 0
@@ -136,12 +161,21 @@ def _cmd_account(args: argparse.Namespace) -> int:
 
     event = DpSgdEvent("cli", 0, args.sigma, args.q, args.steps, 1.0, args.relation)
     res = epsilon_both([event], args.delta)
-    out = {"q": args.q, "sigma": args.sigma, "steps": args.steps, "delta": args.delta,
-           "relation": args.relation, "epsilon_pld": res.pld, "epsilon_rdp": res.rdp}
+    out = {
+        "q": args.q,
+        "sigma": args.sigma,
+        "steps": args.steps,
+        "delta": args.delta,
+        "relation": args.relation,
+        "epsilon_pld": res.pld,
+        "epsilon_rdp": res.rdp,
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"q={args.q} sigma={args.sigma} steps={args.steps} delta={args.delta} relation={args.relation}")
+        print(
+            f"q={args.q} sigma={args.sigma} steps={args.steps} delta={args.delta} relation={args.relation}"
+        )
         print(f"epsilon (PLD, primary):     {res.pld:.4f}")
         print(f"epsilon (RDP, cross-check): {res.rdp:.4f}")
     return 0
@@ -182,13 +216,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("flwr", "alembic", "ray", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     logging.getLogger("flwr").propagate = args.verbose
-    handlers = {"data": _cmd_data, "run": _cmd_run, "account": _cmd_account,
-                "ledger": _cmd_ledger, "report": _cmd_report, "audit": _cmd_audit}
+    handlers = {
+        "data": _cmd_data,
+        "run": _cmd_run,
+        "account": _cmd_account,
+        "ledger": _cmd_ledger,
+        "report": _cmd_report,
+        "audit": _cmd_audit,
+    }
     try:
         return handlers[args.command](args)
     except SecureFVPAError as exc:

@@ -105,7 +105,9 @@ class EmbeddingConfig:
     batch_size: int = 32
 
     def validate(self) -> None:
-        _check(8 <= self.max_tokens <= 8192, "embedding.max_tokens", self.max_tokens, "be in [8, 8192]")
+        _check(
+            8 <= self.max_tokens <= 8192, "embedding.max_tokens", self.max_tokens, "be in [8, 8192]"
+        )
         _check(self.batch_size >= 1, "embedding.batch_size", self.batch_size, "be >= 1")
 
 
@@ -149,11 +151,18 @@ class TrainConfig:
     context_pairs: int = 8  # context pairs per episode (encoded into z)
     target_pairs: int = 4  # target pairs per episode (scored by the reward head)
     weight_decay: float = 0.0
+    kl_warmup: float = 0.5  # share of the steps over which the KL weight ramps 0 -> beta
 
     def validate(self) -> None:
         _check(0.0 < self.lr <= 1.0, "train.lr", self.lr, "be in (0, 1]")
+        _check(0.0 <= self.kl_warmup <= 1.0, "train.kl_warmup", self.kl_warmup, "be in [0, 1]")
         _check(self.steps >= 1, "train.steps", self.steps, "be >= 1")
-        _check(self.episodes_per_batch >= 1, "train.episodes_per_batch", self.episodes_per_batch, "be >= 1")
+        _check(
+            self.episodes_per_batch >= 1,
+            "train.episodes_per_batch",
+            self.episodes_per_batch,
+            "be >= 1",
+        )
         _check(self.context_pairs >= 1, "train.context_pairs", self.context_pairs, "be >= 1")
         _check(self.target_pairs >= 1, "train.target_pairs", self.target_pairs, "be >= 1")
         _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "be >= 0")
@@ -179,11 +188,21 @@ class FederationConfig:
 
     def validate(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", self.rounds, "be >= 1")
-        _check(self.users_per_client >= 1, "federation.users_per_client", self.users_per_client, "be >= 1")
         _check(
-            0.0 < self.fraction_fit <= 1.0, "federation.fraction_fit", self.fraction_fit, "be in (0, 1]"
+            self.users_per_client >= 1,
+            "federation.users_per_client",
+            self.users_per_client,
+            "be >= 1",
         )
-        _check(self.min_fit_clients >= 1, "federation.min_fit_clients", self.min_fit_clients, "be >= 1")
+        _check(
+            0.0 < self.fraction_fit <= 1.0,
+            "federation.fraction_fit",
+            self.fraction_fit,
+            "be in (0, 1]",
+        )
+        _check(
+            self.min_fit_clients >= 1, "federation.min_fit_clients", self.min_fit_clients, "be >= 1"
+        )
         _check(
             self.min_available_clients >= 1,
             "federation.min_available_clients",
@@ -198,8 +217,15 @@ class FederationConfig:
             "be >= 1",
         )
         _check(self.eval_every >= 1, "federation.eval_every", self.eval_every, "be >= 1")
-        _check(self.round_timeout_s > 0, "federation.round_timeout_s", self.round_timeout_s, "be > 0")
-        _check(self.num_cpus_per_client > 0, "federation.num_cpus_per_client", self.num_cpus_per_client, "be > 0")
+        _check(
+            self.round_timeout_s > 0, "federation.round_timeout_s", self.round_timeout_s, "be > 0"
+        )
+        _check(
+            self.num_cpus_per_client > 0,
+            "federation.num_cpus_per_client",
+            self.num_cpus_per_client,
+            "be > 0",
+        )
         if self.mode == "deployment":
             _check(
                 bool(self.superlink),
@@ -235,7 +261,9 @@ class PrivacyConfig:
         _check(self.budget_epsilon > 0.0, "privacy.budget_epsilon", self.budget_epsilon, "be > 0")
         _check(0.0 <= self.delta < 1.0, "privacy.delta", self.delta, "be in [0, 1) (0 = automatic)")
         _check(self.clip > 0.0, "privacy.clip", self.clip, "be > 0")
-        _check(0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]")
+        _check(
+            0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]"
+        )
         if self.enabled and self.noise_multiplier == 0.0:
             _check(
                 self.target_epsilon <= self.budget_epsilon,
@@ -257,7 +285,12 @@ class SecAggConfig:
 
     def validate(self) -> None:
         _check(0.5 < self.threshold <= 1.0, "secagg.threshold", self.threshold, "be in (0.5, 1]")
-        _check(self.degree >= 0, "secagg.degree", self.degree, "be >= 0")
+        _check(
+            self.degree >= 0 and self.degree % 2 == 0,
+            "secagg.degree",
+            self.degree,
+            "be an even number >= 0 (0 = complete graph)",
+        )
         _check(self.bits in (32, 64), "secagg.bits", self.bits, "be 32 or 64")
         _check(self.clip_range > 0.0, "secagg.clip_range", self.clip_range, "be > 0")
 

@@ -63,9 +63,13 @@ def resolve_sigma(cfg: RunConfig, delta: float) -> float:
     if p.noise_multiplier > 0:
         return p.noise_multiplier
     return calibrate_noise_multiplier(
-        target_epsilon=p.target_epsilon, delta=delta, sample_rate=p.sample_rate,
-        steps_per_round=cfg.federation.local_steps, rounds=planned_rounds(cfg),
-        relation=RELATION, accountant=p.accountant,
+        target_epsilon=p.target_epsilon,
+        delta=delta,
+        sample_rate=p.sample_rate,
+        steps_per_round=cfg.federation.local_steps,
+        rounds=planned_rounds(cfg),
+        relation=RELATION,
+        accountant=p.accountant,
     )
 
 
@@ -92,13 +96,24 @@ class PrivacyPlan:
         from securefvpa.train.private import DPSettings
 
         p = self.cfg.privacy
-        return DPSettings(noise_multiplier=self.sigma, clip=p.clip, sample_rate=p.sample_rate,
-                          grad_sample_mode=p.grad_sample_mode)
+        return DPSettings(
+            noise_multiplier=self.sigma,
+            clip=p.clip,
+            sample_rate=p.sample_rate,
+            grad_sample_mode=p.grad_sample_mode,
+        )
 
     def event(self, client_id: str, rnd: int) -> DpSgdEvent:
         p = self.cfg.privacy
-        return DpSgdEvent(client_id, rnd, self.sigma, p.sample_rate, self.cfg.federation.local_steps,
-                          p.clip, RELATION)
+        return DpSgdEvent(
+            client_id,
+            rnd,
+            self.sigma,
+            p.sample_rate,
+            self.cfg.federation.local_steps,
+            p.clip,
+            RELATION,
+        )
 
     def guard(self) -> BudgetGuard:
         return BudgetGuard(self.cfg.privacy.budget_epsilon, self.delta, self.cfg.privacy.accountant)
@@ -121,17 +136,25 @@ class PrivacyPlan:
 
     def record_declined(self, client_id: str, rnd: int, decision: Decision) -> None:
         with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:
-            ledger.append_declined(self.event(client_id, rnd), reason=decision.reason,
-                                   epsilon_now=decision.epsilon_now,
-                                   epsilon_if_trained=decision.epsilon_if_trained,
-                                   budget_epsilon=self.cfg.privacy.budget_epsilon)
+            ledger.append_declined(
+                self.event(client_id, rnd),
+                reason=decision.reason,
+                epsilon_now=decision.epsilon_now,
+                epsilon_if_trained=decision.epsilon_if_trained,
+                budget_epsilon=self.cfg.privacy.budget_epsilon,
+            )
 
     def summary(self) -> dict[str, Any]:
-        return {"config_hash": config_hash(self.cfg), "noise_multiplier": self.sigma,
-                "delta": self.delta, "relation": RELATION, "planned_rounds": planned_rounds(self.cfg),
-                "target_epsilon": self.cfg.privacy.target_epsilon,
-                "budget_epsilon": self.cfg.privacy.budget_epsilon,
-                "sigma_source": "config" if self.cfg.privacy.noise_multiplier > 0 else "calibrated"}
+        return {
+            "config_hash": config_hash(self.cfg),
+            "noise_multiplier": self.sigma,
+            "delta": self.delta,
+            "relation": RELATION,
+            "planned_rounds": planned_rounds(self.cfg),
+            "target_epsilon": self.cfg.privacy.target_epsilon,
+            "budget_epsilon": self.cfg.privacy.budget_epsilon,
+            "sigma_source": "config" if self.cfg.privacy.noise_multiplier > 0 else "calibrated",
+        }
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -154,14 +177,22 @@ def close_ledger(cfg: RunConfig, run_dir: Path, *, utility: dict[str, Any] | Non
         ledger.append_run_end(run_id(cfg), config_hash(cfg), {"utility": utility or {}})
 
 
-def write_privacy_report(cfg: RunConfig, run_dir: Path, *, utility: dict[str, Any] | None) -> dict[str, str]:
+def write_privacy_report(
+    cfg: RunConfig, run_dir: Path, *, utility: dict[str, Any] | None
+) -> dict[str, str]:
     """Derive privacy_report.json + report.html from the ledger alone (plus the config)."""
     from securefvpa.privacy.report import build_report, write_report
 
     plan = PrivacyPlan.for_run(cfg, run_dir)
     path = ledger_path(cfg, run_dir)
-    report = build_report(path, run_id=run_id(cfg), config_hash=config_hash(cfg), delta=plan.delta,
-                          budget_epsilon=cfg.privacy.budget_epsilon, accountant=cfg.privacy.accountant,
-                          utility=utility)
+    report = build_report(
+        path,
+        run_id=run_id(cfg),
+        config_hash=config_hash(cfg),
+        delta=plan.delta,
+        budget_epsilon=cfg.privacy.budget_epsilon,
+        accountant=cfg.privacy.accountant,
+        utility=utility,
+    )
     json_path, html_path = write_report(report, run_dir)
     return {"json": str(json_path), "html": str(html_path)}

@@ -32,9 +32,13 @@ def prepare_run_dir(cfg: RunConfig, out: Path, *, resume: bool) -> None:
     if resolved.exists():
         if not resume:
             if (out / "metrics.json").exists() or (out / "server_state.npz").exists():
-                raise ConfigError(f"run directory {str(out)!r} already holds a run; use --resume or a new --out")
+                raise ConfigError(
+                    f"run directory {str(out)!r} already holds a run; use --resume or a new --out"
+                )
         elif resolved.read_text() != text:
-            raise ConfigError(f"--resume: the config differs from {str(resolved)!r}; resume with the same config")
+            raise ConfigError(
+                f"--resume: the config differs from {str(resolved)!r}; resume with the same config"
+            )
     elif resume:
         raise ConfigError(f"--resume: {str(resolved)!r} not found; nothing to resume")
     tmp = out / ".config.resolved.toml.tmp"
@@ -42,8 +46,13 @@ def prepare_run_dir(cfg: RunConfig, out: Path, *, resume: bool) -> None:
     os.replace(tmp, resolved)
 
 
-def run(config_path: str | Path, out: str | Path, *, resume: bool = False,
-        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    config_path: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     cfg = load_config(config_path, overrides)
     out = Path(out)
     prepare_run_dir(cfg, out, resume=resume)
@@ -51,12 +60,19 @@ def run(config_path: str | Path, out: str | Path, *, resume: bool = False,
 
     t0 = time.perf_counter()
     pairs, split, info = load_dataset(cfg)
-    log.info("data: %d pairs, %d seen and %d unseen users (%.1f s)", pairs.n_pairs, len(split.seen),
-             len(split.unseen), time.perf_counter() - t0)
+    log.info(
+        "data: %d pairs, %d seen and %d unseen users (%.1f s)",
+        pairs.n_pairs,
+        len(split.seen),
+        len(split.unseen),
+        time.perf_counter() - t0,
+    )
     if cfg.federation.mode == "central":
         if cfg.privacy.enabled:
-            raise ConfigError("privacy.enabled = true needs federation.mode 'simulation' or 'deployment' "
-                              "(DP-SGD runs on clients). Found 'central'.")
+            raise ConfigError(
+                "privacy.enabled = true needs federation.mode 'simulation' or 'deployment' "
+                "(DP-SGD runs on clients). Found 'central'."
+            )
         from securefvpa.train.central import run_central
 
         metrics = run_central(cfg, pairs, split)

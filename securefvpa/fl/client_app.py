@@ -29,6 +29,7 @@ from securefvpa.fl.messages import (
     record_to_arrays,
 )
 from securefvpa.fl.partition import ClientPartition, load_partition
+from securefvpa.fl.secagg_mod import secagg_mod
 
 app = ClientApp()
 
@@ -45,7 +46,9 @@ def node_partition(msg: Message, context: Context) -> tuple[RunConfig, ClientPar
     cfg = _parse_config(config_value(cfg_rec, "config-toml", str))
     run_dir = Path(config_value(cfg_rec, "run-dir", str))
     if "partition-id" not in context.node_config:
-        raise FederationError("node config has no 'partition-id' (start the SuperNode with --node-config 'partition-id=N')")
+        raise FederationError(
+            "node config has no 'partition-id' (start the SuperNode with --node-config 'partition-id=N')"
+        )
     pid = int(context.node_config["partition-id"])
     data_dir = context.node_config.get("data-dir")
     part = _load_partition(str(data_dir) if data_dir else str(run_dir / "partitions"), pid)
@@ -60,12 +63,16 @@ def _load_partition(directory: str, pid: int) -> ClientPartition:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     _, part, _ = node_partition(msg, context)
-    reply = {"partition-id": part.partition_id, "role": part.role, "train-pairs": part.n_train_pairs}
+    reply = {
+        "partition-id": part.partition_id,
+        "role": part.role,
+        "train-pairs": part.n_train_pairs,
+    }
     return Message(make_content(reply=reply), reply_to=msg)
 
 
 def train_reply_content(msg: Message, context: Context) -> tuple[dict[str, object], dict | None]:
-    """Run one local round; return the reply config values and the update arrays (or None)."""
+    """Run one local round; return the reply config values and ``w * delta`` (or None)."""
     from securefvpa.train.client import local_train_round
 
     cfg, part, run_dir = node_partition(msg, context)
@@ -75,14 +82,20 @@ def train_reply_content(msg: Message, context: Context) -> tuple[dict[str, objec
     rnd = config_value(cfg_rec, "round", int)
     params = record_to_arrays(get_record(msg.content, "arrays", "arrays"))
     res = local_train_round(cfg, part, params, rnd=rnd, run_dir=run_dir)
-    reply: dict[str, object] = {"status": res.status, "num-examples": res.num_examples,
-                                "train-loss": res.train_loss, "reason": res.reason}
+    reply: dict[str, object] = {
+        "status": res.status,
+        "num-examples": res.num_examples,
+        "train-loss": res.train_loss,
+        "reason": res.reason,
+    }
     if res.epsilon is not None:
         reply["epsilon"] = float(res.epsilon)
-    return reply, res.update
+    if res.delta is None:
+        return reply, None
+    return reply, {k: v * res.num_examples for k, v in res.delta.items()}
 
 
-@app.train()
+@app.train(mods=[secagg_mod])
 def train(msg: Message, context: Context) -> Message:
     reply, update = train_reply_content(msg, context)
     if reply["status"] == STATUS_OK and update is not None:

@@ -30,7 +30,9 @@ log = logging.getLogger("securefvpa.fl")
 MANIFEST = "manifest.json"
 
 
-def prepare_federated_run(cfg: RunConfig, pairs: EmbeddedPairs, split: UserSplit, run_dir: Path) -> dict[str, Any]:
+def prepare_federated_run(
+    cfg: RunConfig, pairs: EmbeddedPairs, split: UserSplit, run_dir: Path
+) -> dict[str, Any]:
     parts = make_partitions(pairs, split, cfg.federation, cfg.seed)
     part_dir = run_dir / "partitions"
     for p in parts:
@@ -44,22 +46,32 @@ def prepare_federated_run(cfg: RunConfig, pairs: EmbeddedPairs, split: UserSplit
         "max_train_pairs": max(p.n_train_pairs for p in parts),
     }
     (run_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if cfg.secagg.enabled:
+        from securefvpa.fl.secagg_keys import prepare_identities
+
+        prepare_identities(run_dir, [p.partition_id for p in parts if p.role == "train"])
     return manifest
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / MANIFEST
     if not path.is_file():
-        raise FederationError(f"{str(path)!r} not found: the run directory was not prepared by `securefvpa run`")
+        raise FederationError(
+            f"{str(path)!r} not found: the run directory was not prepared by `securefvpa run`"
+        )
     return dict(json.loads(path.read_text()))
 
 
 def initial_parameters(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    from securefvpa.train.params import model_to_arrays
     from securefvpa.models.factory import build_model
+    from securefvpa.train.params import model_to_arrays
 
-    model = build_model(cfg.model, embed_dim=manifest["embed_dim"],
-                        n_types=max(1, len(manifest["type_names"])), seed=cfg.seed)
+    model = build_model(
+        cfg.model,
+        embed_dim=manifest["embed_dim"],
+        n_types=max(1, len(manifest["type_names"])),
+        seed=cfg.seed,
+    )
     return model_to_arrays(model)
 
 
@@ -114,7 +126,9 @@ def flower_env(run_dir: Path) -> dict[str, str]:
     }
 
 
-def run_simulation_mode(cfg: RunConfig, run_dir: Path, *, resume: bool, client_app: Any = None) -> dict[str, Any]:
+def run_simulation_mode(
+    cfg: RunConfig, run_dir: Path, *, resume: bool, client_app: Any = None
+) -> dict[str, Any]:
     """Run every round in Flower's simulation engine (Ray backend), in this process."""
     os.environ.update(flower_env(run_dir))
     from flwr.simulation import run_simulation
@@ -132,16 +146,26 @@ def run_simulation_mode(cfg: RunConfig, run_dir: Path, *, resume: bool, client_a
             client_app=client_app or default_client_app,
             num_supernodes=manifest["clients"],
             backend_config={
-                "client_resources": {"num_cpus": cfg.federation.num_cpus_per_client, "num_gpus": 0.0},
-                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                              "_temp_dir": str(ray_tmp), "logging_level": "ERROR", "log_to_driver": False},
+                "client_resources": {
+                    "num_cpus": cfg.federation.num_cpus_per_client,
+                    "num_gpus": 0.0,
+                },
+                "init_args": {
+                    "num_cpus": os.cpu_count() or 1,
+                    "include_dashboard": False,
+                    "_temp_dir": str(ray_tmp),
+                    "logging_level": "ERROR",
+                    "log_to_driver": False,
+                },
             },
             verbose_logging=False,
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     if not results:
-        raise FederationError("the simulation ended without a result; see the log above for the ServerApp error")
+        raise FederationError(
+            "the simulation ended without a result; see the log above for the ServerApp error"
+        )
     return results[0]
 
 
@@ -156,10 +180,20 @@ def run_deployment_mode(cfg: RunConfig, run_dir: Path, *, resume: bool, app_dir:
     if flwr is None:
         raise FederationError("the `flwr` command is not installed next to this Python")
     run_config = f"run-dir='{run_dir.resolve()}' resume={'true' if resume else 'false'}"
-    cmd = [flwr, "run", str(app_dir), cfg.federation.superlink, "--stream", "--run-config", run_config]
+    cmd = [
+        flwr,
+        "run",
+        str(app_dir),
+        cfg.federation.superlink,
+        "--stream",
+        "--run-config",
+        run_config,
+    ]
     log.info("submitting: %s", " ".join(cmd))
     proc = subprocess.run(cmd, env=os.environ | {"FLWR_TELEMETRY_ENABLED": "0"}, check=False)
     if proc.returncode != 0:
         raise FederationError(f"`flwr run` exited with status {proc.returncode}")
     if not (run_dir / "metrics.json").exists():
-        raise FederationError(f"the deployment run finished but wrote no {run_dir / 'metrics.json'}")
+        raise FederationError(
+            f"the deployment run finished but wrote no {run_dir / 'metrics.json'}"
+        )

@@ -29,11 +29,17 @@ def combine_eval_replies(rows: list[tuple[str, dict[str, Any]]], cfg: RunConfig)
     for _, r in rows:
         t = np.asarray(r["contingency"], dtype=np.int64)
         if t.size:
-            table[: int(r["cells"]), : int(r["types"])] += t.reshape(int(r["cells"]), int(r["types"]))
+            table[: int(r["cells"]), : int(r["types"])] += t.reshape(
+                int(r["cells"]), int(r["types"])
+            )
         kl_sum += float(r["kl-sum"])
         users += int(r["users"])
-    latent = latent_summary(table, mean_kl=kl_sum / users if users else 0.0,
-                            latent_dim=cfg.model.latent_dim, kind=cfg.model.kind)
+    latent = latent_summary(
+        table,
+        mean_kl=kl_sum / users if users else 0.0,
+        latent_dim=cfg.model.latent_dim,
+        kind=cfg.model.kind,
+    )
     return {
         "accuracy": {
             "seen_users": acc("train", "correct", "pairs"),
@@ -41,12 +47,25 @@ def combine_eval_replies(rows: list[tuple[str, dict[str, Any]]], cfg: RunConfig)
             "controversial": acc(None, "contro-correct", "contro-pairs"),
         },
         "latent": latent,
-        "pairs": {"seen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "train"),
-                  "unseen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "unseen")},
+        "pairs": {
+            "seen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "train"),
+            "unseen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "unseen"),
+        },
+        # Per-client counts (no z, no pair-level data): what paired benchmarks bootstrap over.
+        "per_client": sorted(
+            (
+                [int(r["partition-id"]), ro, int(r["pairs"]), int(r["correct"])]
+                for ro, r in rows
+                if "partition-id" in r
+            ),
+            key=lambda x: x[0],
+        ),
     }
 
 
-def latent_summary(table: np.ndarray, *, mean_kl: float, latent_dim: int, kind: str) -> dict[str, Any]:
+def latent_summary(
+    table: np.ndarray, *, mean_kl: float, latent_dim: int, kind: str
+) -> dict[str, Any]:
     """MI in bits, active cells, mean KL and the collapse flag from a (cell x type) table."""
     cells, types = np.nonzero(table)
     counts = table[cells, types]
@@ -58,5 +77,7 @@ def latent_summary(table: np.ndarray, *, mean_kl: float, latent_dim: int, kind: 
         "mutual_information_bits": mi,
         "active_components": metrics.active_components(a) if a.size else 0,
         "mean_kl": mean_kl,
-        "posterior_collapse": metrics.posterior_collapse(mean_kl, latent_dim, mi) if latent else False,
+        "posterior_collapse": metrics.posterior_collapse(mean_kl, latent_dim, mi)
+        if latent
+        else False,
     }

@@ -121,9 +121,13 @@ def save_partition(part: ClientPartition, directory: Path) -> Path:
         "pair_ids": list(p.pair_ids),
         "model_id": p.model_id,
         "users": [
-            {"user": u.user, "type_index": u.type_index, "n_train": len(u.train_rows),
-             "n_heldout": len(u.heldout_rows), "start": int(u.train_rows[0]) if len(u.train_rows)
-             else int(u.heldout_rows[0])}
+            {
+                "user": u.user,
+                "type_index": u.type_index,
+                "n_train": len(u.train_rows),
+                "n_heldout": len(u.heldout_rows),
+                "start": int(u.train_rows[0]) if len(u.train_rows) else int(u.heldout_rows[0]),
+            }
             for u in part.users
         ],
     }
@@ -131,9 +135,13 @@ def save_partition(part: ClientPartition, directory: Path) -> Path:
     _atomic_savez(
         path,
         {
-            "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-            "chosen_len": p.chosen_len, "rejected_len": p.rejected_len,
-            "user_index": p.user_index, "type_index": p.type_index,
+            "prompt": p.prompt,
+            "chosen": p.chosen,
+            "rejected": p.rejected,
+            "chosen_len": p.chosen_len,
+            "rejected_len": p.rejected_len,
+            "user_index": p.user_index,
+            "type_index": p.type_index,
             "controversial": p.controversial,
             "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
         },
@@ -148,21 +156,32 @@ def load_partition(directory: Path, partition_id: int) -> ClientPartition:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode("utf-8"))
         if meta.get("schema") != PARTITION_SCHEMA:
-            raise DataError(f"{path}: partition schema {meta.get('schema')!r}, expected {PARTITION_SCHEMA}")
+            raise DataError(
+                f"{path}: partition schema {meta.get('schema')!r}, expected {PARTITION_SCHEMA}"
+            )
         pairs = EmbeddedPairs(
-            prompt=z["prompt"], chosen=z["chosen"], rejected=z["rejected"],
-            chosen_len=z["chosen_len"], rejected_len=z["rejected_len"],
-            user_index=z["user_index"], type_index=z["type_index"],
-            controversial=z["controversial"], user_ids=tuple(meta["user_ids"]),
-            type_names=tuple(meta["type_names"]), pair_ids=tuple(meta["pair_ids"]),
+            prompt=z["prompt"],
+            chosen=z["chosen"],
+            rejected=z["rejected"],
+            chosen_len=z["chosen_len"],
+            rejected_len=z["rejected_len"],
+            user_index=z["user_index"],
+            type_index=z["type_index"],
+            controversial=z["controversial"],
+            user_ids=tuple(meta["user_ids"]),
+            type_names=tuple(meta["type_names"]),
+            pair_ids=tuple(meta["pair_ids"]),
             model_id=meta["model_id"],
         )
     users = []
     for u in meta["users"]:
         s, n_tr, n_ho = u["start"], u["n_train"], u["n_heldout"]
-        users.append(UserData(
-            user=u["user"], type_index=u["type_index"],
-            train_rows=np.arange(s, s + n_tr, dtype=np.int64),
-            heldout_rows=np.arange(s + n_tr, s + n_tr + n_ho, dtype=np.int64),
-        ))
+        users.append(
+            UserData(
+                user=u["user"],
+                type_index=u["type_index"],
+                train_rows=np.arange(s, s + n_tr, dtype=np.int64),
+                heldout_rows=np.arange(s + n_tr, s + n_tr + n_ho, dtype=np.int64),
+            )
+        )
     return ClientPartition(meta["partition_id"], meta["role"], pairs, tuple(users))

@@ -79,7 +79,9 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         if len(nodes) >= n:
             return nodes
         time.sleep(0.2)
-    raise FederationError(f"only {len(nodes)} of {n} expected client nodes connected within {timeout:.0f} s")
+    raise FederationError(
+        f"only {len(nodes)} of {n} expected client nodes connected within {timeout:.0f} s"
+    )
 
 
 class ServerLoop:
@@ -107,30 +109,42 @@ class ServerLoop:
     def send(self, messages: list[Message]) -> list[Message]:
         if not messages:
             return []
-        return list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
+        return list(
+            self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s)
+        )
 
     def message(self, node: NodeInfo, message_type: str, content: Any) -> Message:
         return Message(content, dst_node_id=node.node_id, message_type=message_type)
 
     # -- discovery ---------------------------------------------------------------------------
     def discover(self) -> list[NodeInfo]:
-        node_ids = wait_for_nodes(self.grid, self.expected_nodes, self.cfg.federation.round_timeout_s)
+        node_ids = wait_for_nodes(
+            self.grid, self.expected_nodes, self.cfg.federation.round_timeout_s
+        )
         replies = self.send(
-            [Message(make_content(config=self.base_config(0)), dst_node_id=n, message_type="query")
-             for n in node_ids]
+            [
+                Message(
+                    make_content(config=self.base_config(0)), dst_node_id=n, message_type="query"
+                )
+                for n in node_ids
+            ]
         )
         nodes = []
         for r in replies:
             if r.has_error():
-                log.warning("node %s failed discovery: %s", r.metadata.src_node_id, r.error.reason[:200])
+                log.warning(
+                    "node %s failed discovery: %s", r.metadata.src_node_id, r.error.reason[:200]
+                )
                 continue
             rec = get_record(r.content, "reply", "config")
-            nodes.append(NodeInfo(
-                node_id=r.metadata.src_node_id,
-                partition_id=config_value(rec, "partition-id", int),
-                role=config_value(rec, "role", str),
-                train_pairs=config_value(rec, "train-pairs", int),
-            ))
+            nodes.append(
+                NodeInfo(
+                    node_id=r.metadata.src_node_id,
+                    partition_id=config_value(rec, "partition-id", int),
+                    role=config_value(rec, "role", str),
+                    train_pairs=config_value(rec, "train-pairs", int),
+                )
+            )
         nodes.sort(key=lambda n: n.partition_id)
         self.nodes = nodes
         return nodes
@@ -141,7 +155,9 @@ class ServerLoop:
         eligible = [n for n in self.nodes if n.role == "train" and n.partition_id not in exhausted]
         if len(eligible) < fed.min_fit_clients:
             return []
-        k = min(len(eligible), max(fed.min_fit_clients, math.ceil(fed.fraction_fit * len(eligible))))
+        k = min(
+            len(eligible), max(fed.min_fit_clients, math.ceil(fed.fraction_fit * len(eligible)))
+        )
         rng = np.random.default_rng([self.cfg.seed, rnd, 0x5A])
         picked = rng.choice(len(eligible), size=k, replace=False)
         return [eligible[i] for i in sorted(picked)]
@@ -156,16 +172,21 @@ class ServerLoop:
         rows = []
         for r in replies:
             if r.has_error():
-                log.warning("evaluation failed on node %s: %s", r.metadata.src_node_id, r.error.reason[:200])
+                log.warning(
+                    "evaluation failed on node %s: %s", r.metadata.src_node_id, r.error.reason[:200]
+                )
                 continue
             node = by_node.get(r.metadata.src_node_id)
             if node is not None:
-                rows.append((node.role, dict(get_record(r.content, "reply", "config"))))
+                reply = dict(get_record(r.content, "reply", "config"))
+                reply["partition-id"] = node.partition_id
+                rows.append((node.role, reply))
         return combine_eval_replies(rows, self.cfg)
 
 
-def plain_fedavg(loop: ServerLoop, rnd: int, sampled: list[NodeInfo],
-                 params: dict[str, np.ndarray]) -> RoundOutcome:
+def plain_fedavg(
+    loop: ServerLoop, rnd: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
+) -> RoundOutcome:
     """Clients return ``w * delta`` in the clear; the server sums and divides by ``sum(w)``."""
     content = make_content(arrays=params, config=loop.base_config(rnd) | {"secagg": False})
     replies = loop.send([loop.message(n, "train", content) for n in sampled])
@@ -182,7 +203,9 @@ def plain_fedavg(loop: ServerLoop, rnd: int, sampled: list[NodeInfo],
             continue
         seen.add(node.node_id)
         if r.has_error():
-            log.warning("round %d: client %d failed: %s", rnd, node.partition_id, r.error.reason[:200])
+            log.warning(
+                "round %d: client %d failed: %s", rnd, node.partition_id, r.error.reason[:200]
+            )
             out.failed.append(node.partition_id)
             continue
         reply = get_record(r.content, "reply", "config")
@@ -196,10 +219,14 @@ def plain_fedavg(loop: ServerLoop, rnd: int, sampled: list[NodeInfo],
         w = config_value(reply, "num-examples", int)
         update = record_to_arrays(get_record(r.content, "arrays", "arrays"))
         if set(update) != set(params):
-            raise FederationError(f"client {node.partition_id} sent parameters {sorted(update)[:3]}…, expected the global set")
+            raise FederationError(
+                f"client {node.partition_id} sent parameters {sorted(update)[:3]}…, expected the global set"
+            )
         for k in acc:
             if update[k].shape != params[k].shape:
-                raise FederationError(f"client {node.partition_id}: {k} has shape {update[k].shape}, expected {params[k].shape}")
+                raise FederationError(
+                    f"client {node.partition_id}: {k} has shape {update[k].shape}, expected {params[k].shape}"
+                )
             acc[k] += update[k]
         total_w += w
         out.trained.append(node.partition_id)
@@ -214,9 +241,16 @@ def plain_fedavg(loop: ServerLoop, rnd: int, sampled: list[NodeInfo],
     return out
 
 
-def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int,
-               initial_params: dict[str, np.ndarray], resume: bool,
-               aggregator: Aggregator | None = None) -> dict[str, Any]:
+def run_server(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    expected_nodes: int,
+    initial_params: dict[str, np.ndarray],
+    resume: bool,
+    aggregator: Aggregator | None = None,
+) -> dict[str, Any]:
     """Run every round; return ``{"rounds": [...], "final": eval metrics, ...}``."""
     fed = cfg.federation
     loop = ServerLoop(grid, cfg, run_dir, expected_nodes=expected_nodes)
@@ -228,13 +262,22 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int
     nodes = loop.discover()
     n_train = sum(n.role == "train" for n in nodes)
     if n_train < fed.min_fit_clients:
-        raise FederationError(f"{n_train} training clients answered; federation.min_fit_clients is {fed.min_fit_clients}")
+        raise FederationError(
+            f"{n_train} training clients answered; federation.min_fit_clients is {fed.min_fit_clients}"
+        )
     aggregate = aggregator or plain_fedavg
     if state.round == 0 and not state.history:
         t0 = time.perf_counter()
         ev = loop.evaluate(0, state.params)
-        state.history.append({"round": 0, "clients": 0, "train_loss": None, "eval": ev,
-                              "wall_seconds": time.perf_counter() - t0})
+        state.history.append(
+            {
+                "round": 0,
+                "clients": 0,
+                "train_loss": None,
+                "eval": ev,
+                "wall_seconds": time.perf_counter() - t0,
+            }
+        )
         save_checkpoint(run_dir, state)
     stopped = None
     bar = _progress(fed.rounds, state.round)
@@ -242,8 +285,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int
         t0 = time.perf_counter()
         sampled = loop.sample(rnd, state.exhausted)
         if not sampled:
-            stopped = (f"round {rnd}: fewer than min_fit_clients={fed.min_fit_clients} clients remain "
-                       f"within their privacy budget; training stopped")
+            stopped = (
+                f"round {rnd}: fewer than min_fit_clients={fed.min_fit_clients} clients remain "
+                f"within their privacy budget; training stopped"
+            )
             log.warning(stopped)
             break
         outcome = aggregate(loop, rnd, sampled, state.params)
@@ -251,7 +296,12 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int
         if len(outcome.trained) < fed.min_fit_clients:
             if outcome.declined and not outcome.failed:
                 # Budget refusals are normal at the end of a budget: skip the round, keep going.
-                log.warning("round %d: only %d updates (declined: %s)", rnd, len(outcome.trained), outcome.declined)
+                log.warning(
+                    "round %d: only %d updates (declined: %s)",
+                    rnd,
+                    len(outcome.trained),
+                    outcome.declined,
+                )
             else:
                 raise FederationError(
                     f"round {rnd}: only {len(outcome.trained)} of {len(sampled)} sampled clients returned an "
@@ -261,9 +311,13 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int
         elif outcome.new_params is not None:
             state.params = outcome.new_params
         entry: dict[str, Any] = {
-            "round": rnd, "clients": len(outcome.trained), "sampled": len(sampled),
-            "failed": outcome.failed, "declined": outcome.declined,
-            "train_loss": outcome.train_loss, "epsilon_max": outcome.epsilon_max,
+            "round": rnd,
+            "clients": len(outcome.trained),
+            "sampled": len(sampled),
+            "failed": outcome.failed,
+            "declined": outcome.declined,
+            "train_loss": outcome.train_loss,
+            "epsilon_max": outcome.epsilon_max,
         } | outcome.extra
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             entry["eval"] = loop.evaluate(rnd, state.params)
@@ -273,8 +327,13 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path, *, expected_nodes: int
         save_checkpoint(run_dir, state)
         bar(entry)
     final = next((h["eval"] for h in reversed(state.history) if "eval" in h), {})
-    return {"rounds": state.history, "final": final, "stopped_early": stopped,
-            "params": state.params, "exhausted": sorted(state.exhausted)}
+    return {
+        "rounds": state.history,
+        "final": final,
+        "stopped_early": stopped,
+        "params": state.params,
+        "exhausted": sorted(state.exhausted),
+    }
 
 
 def _progress(total: int, start: int) -> Callable[[dict[str, Any]], None]:
@@ -287,13 +346,22 @@ def _progress(total: int, start: int) -> Callable[[dict[str, Any]], None]:
             acc = entry.get("eval", {}).get("accuracy", {}).get("seen_users")
             bar.set_postfix(loss=entry["train_loss"], acc=acc)
             bar.update(1)
+
         return tick
 
     def line(entry: dict[str, Any]) -> None:
         acc = entry.get("eval", {}).get("accuracy", {})
-        log.info("round %d/%d: %d clients, loss %s, seen %s, unseen %s, %.2f s", entry["round"], total,
-                 entry["clients"], _fmt(entry["train_loss"]), _fmt(acc.get("seen_users")),
-                 _fmt(acc.get("unseen_users")), entry["wall_seconds"])
+        log.info(
+            "round %d/%d: %d clients, loss %s, seen %s, unseen %s, %.2f s",
+            entry["round"],
+            total,
+            entry["clients"],
+            _fmt(entry["train_loss"]),
+            _fmt(acc.get("seen_users")),
+            _fmt(acc.get("unseen_users")),
+            entry["wall_seconds"],
+        )
+
     return line
 
 
@@ -306,8 +374,13 @@ def _fmt(x: float | None) -> str:
 # loads `app` below, which reads the run directory from the run config key "run-dir".
 # ---------------------------------------------------------------------------------------------
 
-def make_server_app(run_dir: Path, *, resume: bool = False,
-                    result_sink: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
+
+def make_server_app(
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    result_sink: Callable[[dict[str, Any]], None] | None = None,
+) -> ServerApp:
     server = ServerApp()
 
     @server.main()
@@ -317,8 +390,9 @@ def make_server_app(run_dir: Path, *, resume: bool = False,
     return server
 
 
-def _serve(grid: Grid, run_dir: Path, *, resume: bool,
-           result_sink: Callable[[dict[str, Any]], None] | None) -> None:
+def _serve(
+    grid: Grid, run_dir: Path, *, resume: bool, result_sink: Callable[[dict[str, Any]], None] | None
+) -> None:
     from securefvpa.fl.driver import finish_federated_run, initial_parameters, read_manifest
 
     cfg = load_config(run_dir / "config.resolved.toml")
@@ -328,9 +402,15 @@ def _serve(grid: Grid, run_dir: Path, *, resume: bool,
         from securefvpa.fl.secagg_workflow import secure_fedavg
 
         aggregator = secure_fedavg
-    result = run_server(grid, cfg, run_dir, expected_nodes=manifest["clients"],
-                        initial_params=initial_parameters(cfg, manifest), resume=resume,
-                        aggregator=aggregator)
+    result = run_server(
+        grid,
+        cfg,
+        run_dir,
+        expected_nodes=manifest["clients"],
+        initial_params=initial_parameters(cfg, manifest),
+        resume=resume,
+        aggregator=aggregator,
+    )
     finish_federated_run(cfg, run_dir, result)
     if result_sink is not None:
         result_sink(result)
@@ -343,6 +423,8 @@ app = ServerApp()
 def _deployment_main(grid: Grid, context: Context) -> None:
     run_dir = context.run_config.get("run-dir", "")
     if not isinstance(run_dir, str) or not run_dir:
-        raise FederationError("run config key 'run-dir' is empty; pass --run-config \"run-dir='RUN_DIR'\"")
+        raise FederationError(
+            "run config key 'run-dir' is empty; pass --run-config \"run-dir='RUN_DIR'\""
+        )
     resume = bool(context.run_config.get("resume", False))
     _serve(grid, Path(run_dir), resume=resume, result_sink=None)

@@ -13,6 +13,7 @@ input, signed the survivor list. The client only ever sees the intersections wit
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from securefvpa.secagg.messages import (
     AdvertiseKeysRequest,
     ConsistencyReply,
     ConsistencyRequest,
+    KeyAdvert,
     MaskedInputReply,
     MaskedInputRequest,
     RevealedShare,
@@ -395,6 +397,79 @@ class SecAggClient:
         self._phase = ClientPhase.DONE
         self._reset_secrets()
         return self._reply(UnmaskReply, self_mask_shares=b, key_shares=sk)
+
+    # -- persistence between transport calls -------------------------------------------------
+    # A transport may run each phase in a fresh process (Flower's Deployment Engine starts one
+    # ClientApp process per message), so the round state must survive as bytes. It holds the
+    # round's secrets (X25519 keys, self-mask seed, Shamir shares): keep it where the client's
+    # other secrets are (the node's own state), never send it anywhere.
+
+    def export_state(self) -> bytes:
+        """This client's round state as bytes (secret; see the note above)."""
+        adverts = getattr(self, "_adverts", {})
+        state = {
+            "v": 1,
+            "node_id": self.node_id,
+            "session_id": self.session_id.hex(),
+            "round_id": self.round_id,
+            "phase": self._phase.value,
+            "t": getattr(self, "_t", 0),
+            "holders": sorted(getattr(self, "_holders", ())),
+            "participants": sorted(getattr(self, "_participants", ())),
+            "context": getattr(self, "_context", b"").hex(),
+            "c_key": self._c_key.private_bytes_raw().hex() if self._c_key is not None else "",
+            "s_key": self._s_key.private_bytes_raw().hex() if self._s_key is not None else "",
+            "adverts": [[a.node_id, a.c_public.hex(), a.s_public.hex(), a.signature.hex()]
+                        for a in adverts.values()],
+            "self_seed": self._self_seed.hex(),
+            "b_shares": {str(k): hex(v) for k, v in self._b_shares.items()},
+            "sk_shares": {str(k): hex(v) for k, v in self._sk_shares.items()},
+            "u2": sorted(getattr(self, "_u2", ())),
+            "survivors": list(getattr(self, "_survivors", ())),
+        }
+        return json.dumps(state, sort_keys=True).encode("ascii")
+
+    @classmethod
+    def restore(
+        cls,
+        state: bytes,
+        *,
+        identity_key: Ed25519PrivateKey,
+        roster: Mapping[int, Ed25519PublicKey | bytes],
+        policy: ClientPolicy,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> SecAggClient:
+        """Rebuild a client from :meth:`export_state`; identity, roster and policy come from
+        the caller (never from stored state), so a tampered state cannot change them."""
+        try:
+            d = json.loads(state.decode("ascii"))
+            if d.get("v") != 1:
+                raise ValueError(f"state version {d.get('v')!r}")
+            client = cls(node_id=int(d["node_id"]), identity_key=identity_key, roster=roster,
+                         policy=policy, session_id=bytes.fromhex(d["session_id"]),
+                         round_id=int(d["round_id"]), random_bytes=random_bytes)
+            client._phase = ClientPhase(d["phase"])
+            if client._phase is not ClientPhase.ADVERTISE_KEYS:
+                client._t = int(d["t"])
+                client._holders = frozenset(int(x) for x in d["holders"])
+                client._participants = frozenset(int(x) for x in d["participants"])
+                client._context = bytes.fromhex(d["context"])
+            if d["c_key"]:
+                client._c_key = x25519_from_seed(bytes.fromhex(d["c_key"]))
+                client._s_key = x25519_from_seed(bytes.fromhex(d["s_key"]))
+            client._adverts = {
+                int(a[0]): KeyAdvert(int(a[0]), bytes.fromhex(a[1]), bytes.fromhex(a[2]),
+                                     bytes.fromhex(a[3]))
+                for a in d["adverts"]
+            }
+            client._self_seed = bytes.fromhex(d["self_seed"])
+            client._b_shares = {int(k): int(v, 16) for k, v in d["b_shares"].items()}
+            client._sk_shares = {int(k): int(v, 16) for k, v in d["sk_shares"].items()}
+            client._u2 = frozenset(int(x) for x in d["u2"])
+            client._survivors = tuple(int(x) for x in d["survivors"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ProtocolAbort(f"stored secure-aggregation state is unreadable: {exc}") from None
+        return client
 
     # -- helpers ------------------------------------------------------------------------------
 

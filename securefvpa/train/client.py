@@ -7,7 +7,7 @@
    no training, no update;
 3. train ``federation.local_steps`` steps (DP-SGD through ``train.private`` when DP is on);
 4. with DP on: commit the DP event to the ledger *before* the update is returned;
-5. return ``num_examples * (theta_local - theta_global)`` and scalar statistics.
+5. return ``theta_local - theta_global``, the weight ``num_examples`` and scalar statistics.
 
 The user's latent z is computed inside the model and never returned; evaluation returns
 counts only (see ``local_evaluate``).
@@ -31,7 +31,7 @@ from securefvpa.train.params import load_arrays, model_to_arrays
 @dataclass
 class LocalRoundResult:
     status: str  # "ok" | "declined"
-    update: dict[str, np.ndarray] | None  # num_examples * (local - global)
+    delta: dict[str, np.ndarray] | None  # local - global (float64); the weight is num_examples
     num_examples: int
     train_loss: float
     epsilon: float | None = None
@@ -42,15 +42,22 @@ def client_id(partition_id: int) -> str:
     return f"client-{partition_id:05d}"
 
 
-def _model_for(cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]) -> torch.nn.Module:
-    model = build_model(cfg.model, embed_dim=part.pairs.dim,
-                        n_types=max(1, len(part.pairs.type_names)), seed=cfg.seed)
+def _model_for(
+    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]
+) -> torch.nn.Module:
+    model = build_model(
+        cfg.model,
+        embed_dim=part.pairs.dim,
+        n_types=max(1, len(part.pairs.type_names)),
+        seed=cfg.seed,
+    )
     load_arrays(model, params)
     return model
 
 
-def local_train_round(cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray], *,
-                      rnd: int, run_dir: Path) -> LocalRoundResult:
+def local_train_round(
+    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray], *, rnd: int, run_dir: Path
+) -> LocalRoundResult:
     # Non-secret randomness (episode shuffles, Gumbel draws), reproducible for --resume.
     seeds = np.random.SeedSequence([cfg.seed, rnd, part.partition_id, 0xC1])
     torch.manual_seed(int(seeds.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
@@ -70,10 +77,20 @@ def local_train_round(cfg: RunConfig, part: ClientPartition, params: dict[str, n
         decision = plan.check(client_id(part.partition_id), rnd)
         if not decision.allowed:
             plan.record_declined(client_id(part.partition_id), rnd, decision)
-            return LocalRoundResult("declined", None, 0, float("nan"), decision.epsilon_now, decision.reason)
+            return LocalRoundResult(
+                "declined", None, 0, float("nan"), decision.epsilon_now, decision.reason
+            )
         stats = private_train_steps(
-            model, part.pairs, part.users, steps=fed.local_steps, train_cfg=cfg.train,
-            dp=plan.dp_settings(), rng=rng, step_offset=step_offset, total_steps=total_steps, tau=tau,
+            model,
+            part.pairs,
+            part.users,
+            steps=fed.local_steps,
+            train_cfg=cfg.train,
+            dp=plan.dp_settings(),
+            rng=rng,
+            step_offset=step_offset,
+            total_steps=total_steps,
+            tau=tau,
         )
         # The event is committed before the update leaves this function.
         epsilon = plan.commit(client_id(part.partition_id), rnd)
@@ -81,13 +98,20 @@ def local_train_round(cfg: RunConfig, part: ClientPartition, params: dict[str, n
     else:
         from securefvpa.train.loop import train_steps
 
-        stats_np = train_steps(model, part.pairs, list(part.users), steps=fed.local_steps,
-                               train_cfg=_local_train_cfg(cfg), rng=rng, step_offset=step_offset,
-                               total_steps=total_steps)
+        stats_np = train_steps(
+            model,
+            part.pairs,
+            list(part.users),
+            steps=fed.local_steps,
+            train_cfg=_local_train_cfg(cfg),
+            rng=rng,
+            step_offset=step_offset,
+            total_steps=total_steps,
+        )
         loss = float(stats_np.mean_loss)
     local = model_to_arrays(model)
-    update = {k: (local[k].astype(np.float64) - params[k].astype(np.float64)) * n_examples for k in params}
-    return LocalRoundResult("ok", update, n_examples, float(loss), epsilon)
+    delta = {k: local[k].astype(np.float64) - params[k].astype(np.float64) for k in params}
+    return LocalRoundResult("ok", delta, n_examples, float(loss), epsilon)
 
 
 def _local_train_cfg(cfg: RunConfig) -> Any:
@@ -96,7 +120,9 @@ def _local_train_cfg(cfg: RunConfig) -> Any:
     return dataclasses.replace(cfg.train, episodes_per_batch=cfg.federation.local_batch_episodes)
 
 
-def local_evaluate(cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]) -> dict[str, Any]:
+def local_evaluate(
+    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]
+) -> dict[str, Any]:
     """Counts for the server: pairs scored/correct, controversial scored/correct, KL sum, and
     the (latent cell x user type) contingency table over this client's users. No z leaves."""
     from securefvpa.train.loop import score_users
@@ -112,10 +138,15 @@ def local_evaluate(cfg: RunConfig, part: ClientPartition, params: dict[str, np.n
     correct = np.concatenate(scores.correct) if scores.correct else np.zeros(0)
     contro = np.concatenate(scores.controversial) if scores.controversial else np.zeros(0, np.int8)
     return {
-        "pairs": int(correct.size), "correct": int(correct.sum()),
-        "contro-pairs": int((contro == 1).sum()), "contro-correct": int(correct[contro == 1].sum()),
-        "users": int(scores.users.size), "kl-sum": float(scores.kl.sum()),
-        "cells": n_cells, "types": n_types, "contingency": [int(x) for x in table.ravel()],
+        "pairs": int(correct.size),
+        "correct": int(correct.sum()),
+        "contro-pairs": int((contro == 1).sum()),
+        "contro-correct": int(correct[contro == 1].sum()),
+        "users": int(scores.users.size),
+        "kl-sum": float(scores.kl.sum()),
+        "cells": n_cells,
+        "types": n_types,
+        "contingency": [int(x) for x in table.ravel()],
     }
 
 

@@ -18,8 +18,12 @@ def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
     if set(arrays) != set(state):
         missing = sorted(set(state) - set(arrays))[:3]
         extra = sorted(set(arrays) - set(state))[:3]
-        raise ModelError(f"parameter names do not match the model (missing {missing}, unexpected {extra})")
+        raise ModelError(
+            f"parameter names do not match the model (missing {missing}, unexpected {extra})"
+        )
     for k, v in arrays.items():
         if tuple(v.shape) != tuple(state[k].shape):
-            raise ModelError(f"parameter {k!r} has shape {tuple(v.shape)}, expected {tuple(state[k].shape)}")
+            raise ModelError(
+                f"parameter {k!r} has shape {tuple(v.shape)}, expected {tuple(state[k].shape)}"
+            )
     model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()})

@@ -53,7 +53,9 @@ class DPSettings:
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
-            raise ValueError(f"noise_multiplier must be finite and >= 0. Found {self.noise_multiplier}.")
+            raise ValueError(
+                f"noise_multiplier must be finite and >= 0. Found {self.noise_multiplier}."
+            )
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0. Found {self.clip}.")
         if not 0 < self.sample_rate <= 1:
@@ -91,8 +93,9 @@ def wrap(model: torch.nn.Module, mode: str) -> GradSampleModule:
     if mode not in ("hooks", "functorch"):
         raise ValueError(f"grad_sample_mode must be 'hooks' or 'functorch'. Found {mode!r}.")
     validate_for_dp(model)
-    return GradSampleModule(model, batch_first=True, loss_reduction="mean",
-                            force_functorch=(mode == "functorch"))
+    return GradSampleModule(
+        model, batch_first=True, loss_reduction="mean", force_functorch=(mode == "functorch")
+    )
 
 
 def _empty_grad_samples(gsm: GradSampleModule) -> None:
@@ -121,8 +124,15 @@ def private_train_steps(
     coins and the noise come from the CSPRNG.
     """
     gsm = wrap(model, dp.grad_sample_mode)
-    n_episodes = len(partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
-                                        target_pairs=train_cfg.target_pairs, rng=np.random.default_rng(0)))
+    n_episodes = len(
+        partition_episodes(
+            pairs,
+            users,
+            context_pairs=train_cfg.context_pairs,
+            target_pairs=train_cfg.target_pairs,
+            rng=np.random.default_rng(0),
+        )
+    )
     if n_episodes == 0:
         raise ModelError("the client has no training pairs")
     optimizer = CsprngDPOptimizer(
@@ -139,8 +149,13 @@ def private_train_steps(
     for i in range(steps):
         if tau is not None and hasattr(model, "set_temperature"):
             model.set_temperature(geometric_temperature(step_offset + i, total, *tau))
-        episodes = partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
-                                      target_pairs=train_cfg.target_pairs, rng=rng)
+        episodes = partition_episodes(
+            pairs,
+            users,
+            context_pairs=train_cfg.context_pairs,
+            target_pairs=train_cfg.target_pairs,
+            rng=rng,
+        )
         keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
         chosen = [e for e, k in zip(episodes, keep) if k]
         sampled_total += len(chosen)
@@ -154,12 +169,17 @@ def private_train_steps(
             _empty_grad_samples(gsm)
         optimizer.step()
     gsm._close()
-    return PrivateStats(steps=steps, mean_loss=float(np.mean(losses)) if losses else float("nan"),
-                        episodes=n_episodes, sampled=sampled_total)
+    return PrivateStats(
+        steps=steps,
+        mean_loss=float(np.mean(losses)) if losses else float("nan"),
+        episodes=n_episodes,
+        sampled=sampled_total,
+    )
 
 
-def per_episode_clipped_grads(model: torch.nn.Module, batch: Any, clip: float,
-                              mode: str = "hooks") -> torch.Tensor:
+def per_episode_clipped_grads(
+    model: torch.nn.Module, batch: Any, clip: float, mode: str = "hooks"
+) -> torch.Tensor:
     """Clipped per-episode gradients, flattened ``[B, n_params]`` (for the sensitivity test).
 
     Uses the same Opacus per-sample machinery and the same clipping rule as the optimizer.
@@ -168,8 +188,11 @@ def per_episode_clipped_grads(model: torch.nn.Module, batch: Any, clip: float,
     gsm.zero_grad(set_to_none=True)
     per_episode, _ = gsm(**batch.inputs())
     per_episode.mean().backward()
-    rows = [p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in gsm.parameters()
-            if p.requires_grad and p.grad_sample is not None]
+    rows = [
+        p.grad_sample.reshape(p.grad_sample.shape[0], -1)
+        for p in gsm.parameters()
+        if p.requires_grad and p.grad_sample is not None
+    ]
     flat = torch.cat(rows, dim=1)
     # Opacus: per_sample_clip_factor = (C / (norm + 1e-6)).clamp(max=1)
     factor = (clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)

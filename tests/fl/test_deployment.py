@@ -78,9 +78,25 @@ def test_deployment_run_with_tls_and_supernode_auth(tmp_path):
     pyproject = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(LAUNCHER), "--config", str(CONFIG), "--out", str(run_dir),
-         "--supernodes", "2", "--timeout", "150", "--node-data"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(run_dir),
+            "--supernodes",
+            "2",
+            "--timeout",
+            "150",
+            "--node-data",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -138,21 +154,50 @@ def test_unregistered_supernode_is_refused(tmp_path):
     env = launch.launch_env(tmp_path / "home")
     procs = launch.Processes(logs, env, subreaper=False)  # leave the pytest process as it is
     try:
-        link = procs.start("superlink", [
-            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile",
-            str(cert), "--ssl-keyfile", str(key), "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(link_port), "--enable-supernode-auth"])
+        link = procs.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(ca),
+                "--ssl-certfile",
+                str(cert),
+                "--ssl-keyfile",
+                str(key),
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),
+                "--enable-supernode-auth",
+            ],
+        )
         launch.wait_port(link_port, link, 60, logs / "superlink.log")
         priv_a, pub_a = launch.make_node_key(tmp_path / "keys", 0)
         priv_b, _ = launch.make_node_key(tmp_path / "keys", 1)
         launch.register_supernode(pub_a, "registered", env, logs / "register.log")
 
         def node(name: str, priv: Path, port: int):
-            return procs.start(name, [
-                str(BIN / "flower-supernode"), "--root-certificates", str(ca),
-                "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
-                "--port", str(port), "--auth-supernode-private-key", str(priv),
-                "--node-config", "partition-id=0 num-partitions=1", "--max-retries", "1"])
+            return procs.start(
+                name,
+                [
+                    str(BIN / "flower-supernode"),
+                    "--root-certificates",
+                    str(ca),
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--auth-supernode-private-key",
+                    str(priv),
+                    "--node-config",
+                    "partition-id=0 num-partitions=1",
+                    "--max-retries",
+                    "1",
+                ],
+            )
 
         good = node("supernode-registered", priv_a, port_a)
         deadline = time.monotonic() + 60
@@ -180,9 +225,22 @@ def test_sigterm_mid_run_leaves_no_process(tmp_path):
     """The launcher killed while SuperNodes run stops everything it started, Flower's included."""
     run_dir = tmp_path / "deploy"
     proc = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), "--config", str(CONFIG), "--out", str(run_dir),
-         "--timeout", "150"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(run_dir),
+            "--timeout",
+            "150",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 150
         while not (run_dir / "logs" / "supernode-1.log").exists():

@@ -52,9 +52,9 @@ def _failing_client_app(bad_partition: int) -> ClientApp:
 
 
 def test_failed_client_is_tolerated(tmp_path, fed_config, write_config):
-    from securefvpa.fl import driver
     from securefvpa.config import load_config
     from securefvpa.data.load import load_dataset
+    from securefvpa.fl import driver
     from securefvpa.run import prepare_run_dir
 
     cfg = load_config(write_config(fed_config(federation={"rounds": 2, "local_steps": 3})))
@@ -73,9 +73,9 @@ def test_failed_client_is_tolerated(tmp_path, fed_config, write_config):
 
 
 def test_too_many_failures_is_a_clear_error(tmp_path, fed_config, write_config):
-    from securefvpa.fl import driver
     from securefvpa.config import load_config
     from securefvpa.data.load import load_dataset
+    from securefvpa.fl import driver
     from securefvpa.run import prepare_run_dir
 
     # every training client but partition 0 is needed: min_fit_clients = all train clients
@@ -107,9 +107,13 @@ def test_resume_after_kill_reaches_same_parameters(tmp_path, fed_config, write_c
     run(cfg, full)
     killed = tmp_path / "killed"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "securefvpa.cli", "run", str(cfg), "--out", str(killed)],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "securefvpa.cli", "run", str(cfg), "--out", str(killed)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and _checkpoint_round(killed / "server_state.npz") < 2:

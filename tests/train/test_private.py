@@ -29,14 +29,21 @@ TRAIN = TrainConfig(context_pairs=4, target_pairs=2, lr=0.01)
 def deterministic_latent(monkeypatch):
     """Row-independent, noise-free latent sampling so a micro-batch oracle sees the same draws."""
     monkeypatch.setattr(preference.torch, "randn_like", torch.zeros_like)
-    monkeypatch.setattr(preference.F, "gumbel_softmax",
-                        lambda logits, tau=1.0, hard=False: F.softmax(logits / tau, dim=-1))
+    monkeypatch.setattr(
+        preference.F,
+        "gumbel_softmax",
+        lambda logits, tau=1.0, hard=False: F.softmax(logits / tau, dim=-1),
+    )
 
 
 def _client(kind: str = "fedvpa-gp", users: int = 3):
     pairs, split = planted_pairs(users=12, pairs_per_user=16, dim=16, seed=3)
-    model = build_model(ModelConfig(kind=kind, hidden=16, latent_dim=4, components=3),
-                        embed_dim=pairs.dim, n_types=2, seed=0)
+    model = build_model(
+        ModelConfig(kind=kind, hidden=16, latent_dim=4, components=3),
+        embed_dim=pairs.dim,
+        n_types=2,
+        seed=0,
+    )
     return model, pairs, list(split.seen[:users])
 
 
@@ -48,15 +55,18 @@ def _flat_grads(model: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["hooks", "functorch"])
 def test_per_episode_grads_match_microbatch_oracle(kind, mode, deterministic_latent):
     model, pairs, users = _client(kind)
-    episodes = partition_episodes(pairs, users, context_pairs=4, target_pairs=2,
-                                  rng=np.random.default_rng(0))
+    episodes = partition_episodes(
+        pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(0)
+    )
     batch = collate(pairs, episodes)
     gsm = wrap(model, mode)
     gsm.train()
     loss, _ = gsm(**batch.inputs())
     loss.mean().backward()
-    per_sample = torch.cat([p.grad_sample.reshape(len(episodes), -1)
-                            for p in gsm.parameters() if p.requires_grad], dim=1)
+    per_sample = torch.cat(
+        [p.grad_sample.reshape(len(episodes), -1) for p in gsm.parameters() if p.requires_grad],
+        dim=1,
+    )
     summed = _flat_grads(gsm) * len(episodes)
     gsm._close()
     oracle = []
@@ -72,19 +82,25 @@ def test_per_episode_grads_match_microbatch_oracle(kind, mode, deterministic_lat
 
 def _replace_pair(pairs: EmbeddedPairs, row: int, donor: int) -> EmbeddedPairs:
     """Pair ``row`` becomes pair ``donor`` with its preference flipped; nothing else changes."""
+
     def put(a: np.ndarray, src: np.ndarray) -> np.ndarray:
         b = a.copy()
         b[row] = src[donor]
         return b
 
     return EmbeddedPairs(
-        prompt=put(pairs.prompt, pairs.prompt), chosen=put(pairs.chosen, pairs.rejected),
+        prompt=put(pairs.prompt, pairs.prompt),
+        chosen=put(pairs.chosen, pairs.rejected),
         rejected=put(pairs.rejected, pairs.chosen),
         chosen_len=put(pairs.chosen_len, pairs.rejected_len),
         rejected_len=put(pairs.rejected_len, pairs.chosen_len),
-        user_index=pairs.user_index, type_index=pairs.type_index,
-        controversial=pairs.controversial, user_ids=pairs.user_ids, type_names=pairs.type_names,
-        pair_ids=pairs.pair_ids, model_id=pairs.model_id,
+        user_index=pairs.user_index,
+        type_index=pairs.type_index,
+        controversial=pairs.controversial,
+        user_ids=pairs.user_ids,
+        type_names=pairs.type_names,
+        pair_ids=pairs.pair_ids,
+        model_id=pairs.model_id,
     )
 
 
@@ -97,10 +113,15 @@ def test_one_pair_changes_one_clipped_gradient(clip, deterministic_latent):
     donor = int(users[2].heldout_rows[0])
     neighbour = _replace_pair(pairs, row, donor)
     # Same permutation on both datasets: slots depend on the permutation, never on content.
-    ep_a = partition_episodes(pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(7))
-    ep_b = partition_episodes(neighbour, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(7))
-    assert [(e.context.tolist(), e.targets.tolist()) for e in ep_a] == \
-        [(e.context.tolist(), e.targets.tolist()) for e in ep_b]
+    ep_a = partition_episodes(
+        pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(7)
+    )
+    ep_b = partition_episodes(
+        neighbour, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(7)
+    )
+    assert [(e.context.tolist(), e.targets.tolist()) for e in ep_a] == [
+        (e.context.tolist(), e.targets.tolist()) for e in ep_b
+    ]
     assert sum(row in e.context or row in e.targets for e in ep_a) == 1
     ga = per_episode_clipped_grads(model, collate(pairs, ep_a), clip)
     gb = per_episode_clipped_grads(model, collate(neighbour, ep_b), clip)
@@ -136,8 +157,13 @@ def test_dp_optimizer_adds_noise_of_sigma_times_clip(monkeypatch):
     monkeypatch.setattr(csprng, "standard_normal", fake_normal)
     lin = torch.nn.Linear(3, 1, bias=False)
     gsm = wrap(lin, "hooks")
-    opt = CsprngDPOptimizer(torch.optim.SGD(gsm.parameters(), lr=1.0), noise_multiplier=2.0,
-                            max_grad_norm=0.5, expected_batch_size=1, loss_reduction="sum")
+    opt = CsprngDPOptimizer(
+        torch.optim.SGD(gsm.parameters(), lr=1.0),
+        noise_multiplier=2.0,
+        max_grad_norm=0.5,
+        expected_batch_size=1,
+        loss_reduction="sum",
+    )
     x = torch.zeros(1, 3)
     gsm(x).sum().backward()  # zero gradient: the step is noise only
     before = lin.weight.detach().clone()
@@ -150,21 +176,41 @@ def test_dp_optimizer_adds_noise_of_sigma_times_clip(monkeypatch):
 def test_private_training_runs_and_respects_settings(deterministic_latent):
     model, pairs, users = _client("fedvpa-gp")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = private_train_steps(model, pairs, users, steps=4, train_cfg=TRAIN,
-                                dp=DPSettings(noise_multiplier=1.0, clip=1.0, sample_rate=0.5),
-                                rng=np.random.default_rng(0))
+    stats = private_train_steps(
+        model,
+        pairs,
+        users,
+        steps=4,
+        train_cfg=TRAIN,
+        dp=DPSettings(noise_multiplier=1.0, clip=1.0, sample_rate=0.5),
+        rng=np.random.default_rng(0),
+    )
     assert stats.steps == 4 and stats.episodes >= 3
     assert 0 <= stats.sampled <= 4 * stats.episodes
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert changed
     # the model is usable without Opacus afterwards (hooks removed)
-    loss, _ = model(**collate(pairs, partition_episodes(pairs, users, context_pairs=4, target_pairs=2,
-                                                         rng=np.random.default_rng(1))).inputs())
+    loss, _ = model(
+        **collate(
+            pairs,
+            partition_episodes(
+                pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(1)
+            ),
+        ).inputs()
+    )
     assert torch.isfinite(loss).all()
 
 
-@pytest.mark.parametrize("bad", [dict(noise_multiplier=-1.0), dict(clip=0.0), dict(sample_rate=0.0),
-                                 dict(sample_rate=1.5), dict(noise_multiplier=float("nan"))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(noise_multiplier=-1.0),
+        dict(clip=0.0),
+        dict(sample_rate=0.0),
+        dict(sample_rate=1.5),
+        dict(noise_multiplier=float("nan")),
+    ],
+)
 def test_bad_dp_settings_name_the_value(bad):
     args = dict(noise_multiplier=1.0, clip=1.0, sample_rate=0.5) | bad
     with pytest.raises(ValueError, match="Found"):

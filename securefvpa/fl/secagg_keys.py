@@ -1,0 +1,78 @@
+"""Long-term client identities for secure aggregation, and the roster the clients trust.
+
+Each training client gets an Ed25519 identity key; the roster (node id → public key) is what
+clients use to verify every key advertisement and consistency signature, so it must reach them
+out of band — never through the server. For simulation and loopback deployments,
+``prepare_identities`` writes the keys into the run directory (``secagg/identities/`` with mode
+0600) and the roster into ``secagg/roster.json``; on real machines each SuperNode is given its
+own key file and the roster through its node config (``secagg-identity``, ``secagg-roster``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from securefvpa.errors import ConfigError
+
+ROSTER = "roster.json"
+
+
+def identity_path(run_dir: Path, node_id: int) -> Path:
+    return run_dir / "secagg" / "identities" / f"client_{node_id:05d}.key"
+
+
+def roster_path(run_dir: Path) -> Path:
+    return run_dir / "secagg" / ROSTER
+
+
+def prepare_identities(run_dir: Path, node_ids: list[int]) -> dict[int, bytes]:
+    """Create (or keep) one identity key per node; write the public roster. Returns the roster."""
+    roster: dict[int, bytes] = {}
+    for nid in node_ids:
+        path = identity_path(run_dir, nid)
+        if path.exists():
+            key = load_identity(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = Ed25519PrivateKey.generate()  # OS CSPRNG
+            raw = key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+        roster[nid] = key.public_key().public_bytes_raw()
+    out = roster_path(run_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({str(k): v.hex() for k, v in sorted(roster.items())}, indent=1))
+    os.replace(tmp, out)
+    return roster
+
+
+def load_identity(path: Path) -> Ed25519PrivateKey:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the secure-aggregation identity key {str(path)!r}: {exc}"
+        ) from None
+    if len(raw) != 32:
+        raise ConfigError(f"identity key {str(path)!r} must hold 32 raw bytes. Found {len(raw)}.")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def load_roster(path: Path) -> dict[int, bytes]:
+    try:
+        data = json.loads(Path(path).read_text())
+        return {int(k): bytes.fromhex(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"cannot read the secure-aggregation roster {str(path)!r}: {exc}"
+        ) from None
