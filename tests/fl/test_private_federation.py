@@ -1,0 +1,47 @@
+"""DP-SGD in the federation: the guard stops clients at their budget, the ledger and the report
+agree, and no client ever ends above its budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securefvpa.privacy.ledger import verify
+from securefvpa.privacy.report import verify_report
+from securefvpa.run import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
+
+
+def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_config, write_config):
+    # sigma 2, q 0.5, 3 steps per round: eps(1 round) = 3.60, eps(2 rounds) = 5.37 > budget 5.0
+    cfg = fed_config(
+        train={"context_pairs": 4, "target_pairs": 2},
+        federation={"rounds": 3, "local_steps": 3},
+        privacy={"enabled": True, "noise_multiplier": 2.0, "sample_rate": 0.5,
+                 "budget_epsilon": 5.0, "target_epsilon": 5.0, "delta": 1e-5},
+    )
+    out = tmp_path / "run"
+    metrics = run(write_config(cfg), out)
+    rounds = metrics["rounds"]
+    assert rounds[1]["clients"] >= 4 and not rounds[1]["declined"]
+    # round 2: every client that trained in round 1 declines; afterwards nobody is sampled
+    assert rounds[2]["clients"] == 0
+    assert len(rounds[2]["declined"]) == rounds[1]["clients"]
+    assert metrics["stopped_early"] and "privacy budget" in metrics["stopped_early"]
+    assert sorted(metrics["exhausted_clients"]) == sorted(rounds[2]["declined"])
+
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["accounting"]["neighbouring_relation"] == "replace_one"
+    assert report["summary"]["over_budget"] == 0
+    for c in report["clients"]:
+        assert c["epsilon_pld"] <= 5.0
+        assert c["epsilon_pld"] == pytest.approx(3.6006, abs=2e-3)
+        assert c["rounds_joined"] == [1]
+    ledger = out / "privacy_ledger.sqlite"
+    check = verify(ledger, expected_head=report["ledger"]["head_hash"])
+    assert check.ok, check.reason
+    assert verify_report(out / "privacy_report.json", ledger).ok
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and report["run_id"] in html
