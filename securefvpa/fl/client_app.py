@@ -8,18 +8,24 @@ partition's file, from ``data-dir`` in its node config or ``RUN_DIR/partitions``
 - ``train``: one local round (see ``local_train_round``); the reply is the weighted update, or
   ``status = "declined"`` when the budget guard refuses the round;
 - ``evaluate``: counts on held-out pairs (see ``local_evaluate``);
-- ``train.secagg``: the secure-aggregation phases (``securefvpa.fl.secagg_mod``).
+- secure-aggregation stages arrive as ``train`` messages and are handled by the mod
+  ``securefvpa.fl.secagg_mod`` around the train handler.
+
+Node config keys: ``partition-id`` (required), ``data-dir`` (where this node's partition file
+is), ``config-hash`` (pin: refuse any run config with another hash, so a server cannot switch
+DP or secure aggregation off), ``secagg-identity`` / ``secagg-roster`` (see secagg_mod).
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from securefvpa.config import RunConfig, config_from_dict
+from securefvpa.config import RunConfig, config_from_dict, config_hash
 from securefvpa.errors import FederationError
 from securefvpa.fl.messages import (
     STATUS_OK,
@@ -44,6 +50,14 @@ def _parse_config(text: str) -> RunConfig:
 def node_partition(msg: Message, context: Context) -> tuple[RunConfig, ClientPartition, Path]:
     cfg_rec = get_record(msg.content, "config", "config")
     cfg = _parse_config(config_value(cfg_rec, "config-toml", str))
+    pinned = context.node_config.get("config-hash")
+    if pinned and not hmac.compare_digest(str(pinned), config_hash(cfg)):
+        # The node operator pinned the config (privacy, secagg policy) this node agreed to;
+        # a server sending any other config is refused before anything runs.
+        raise FederationError(
+            f"the server's run config has hash {config_hash(cfg)[:16]}…, but this node is pinned "
+            f"to {str(pinned)[:16]}… (node config 'config-hash')"
+        )
     run_dir = Path(config_value(cfg_rec, "run-dir", str))
     if "partition-id" not in context.node_config:
         raise FederationError(

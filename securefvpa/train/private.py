@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.validators import ModuleValidator
 
 from securefvpa.config import TrainConfig
@@ -89,10 +91,24 @@ def validate_for_dp(model: torch.nn.Module) -> None:
         raise ModelError(f"model is not compatible with Opacus DP-SGD: {errors[0]}")
 
 
-def wrap(model: torch.nn.Module, mode: str) -> GradSampleModule:
-    if mode not in ("hooks", "functorch"):
-        raise ValueError(f"grad_sample_mode must be 'hooks' or 'functorch'. Found {mode!r}.")
+class CsprngGhostDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping optimizer with Gaussian noise from the OS CSPRNG."""
+
+    def add_noise(self) -> None:
+        CsprngDPOptimizer.add_noise(self)  # same rule: p.grad = p.summed_grad + N(0, (sigma C)^2)
+
+
+def wrap(model: torch.nn.Module, mode: str, clip: float | None = None) -> GradSampleModule:
+    """Opacus' per-sample machinery for ``mode`` ("hooks", "functorch" or "ghost")."""
+    if mode not in ("hooks", "functorch", "ghost"):
+        raise ValueError(f"grad_sample_mode must be 'hooks', 'functorch' or 'ghost'. Found {mode!r}.")
     validate_for_dp(model)
+    if mode == "ghost":
+        if clip is None:
+            raise ValueError("ghost clipping needs the clipping norm")
+        return GradSampleModuleFastGradientClipping(
+            model, batch_first=True, loss_reduction="mean", max_grad_norm=clip, use_ghost_clipping=True
+        )
     return GradSampleModule(
         model, batch_first=True, loss_reduction="mean", force_functorch=(mode == "functorch")
     )
@@ -123,7 +139,8 @@ def private_train_steps(
     ``rng`` only shuffles pairs into episodes (content-independent, not a secret); the sampling
     coins and the noise come from the CSPRNG.
     """
-    gsm = wrap(model, dp.grad_sample_mode)
+    ghost = dp.grad_sample_mode == "ghost"
+    gsm = wrap(model, dp.grad_sample_mode, dp.clip)
     n_episodes = len(
         partition_episodes(
             pairs,
@@ -135,7 +152,7 @@ def private_train_steps(
     )
     if n_episodes == 0:
         raise ModelError("the client has no training pairs")
-    optimizer = CsprngDPOptimizer(
+    optimizer = (CsprngGhostDPOptimizer if ghost else CsprngDPOptimizer)(
         torch.optim.Adam(gsm.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.clip,
@@ -163,8 +180,16 @@ def private_train_steps(
         if chosen:
             batch = collate(pairs, chosen)
             per_episode, _ = gsm(**batch.inputs())
-            per_episode.mean().backward()
+            if ghost:
+                # two backward passes: per-episode norms, then the clipped-and-summed gradient
+                DPTensorFastGradientClipping(gsm, optimizer, per_episode, "mean").backward()
+            else:
+                per_episode.mean().backward()
             losses.append(float(per_episode.detach().mean()))
+        elif ghost:
+            for p in gsm.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
         else:
             _empty_grad_samples(gsm)
         optimizer.step()

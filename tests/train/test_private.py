@@ -215,3 +215,27 @@ def test_bad_dp_settings_name_the_value(bad):
     args = dict(noise_multiplier=1.0, clip=1.0, sample_rate=0.5) | bad
     with pytest.raises(ValueError, match="Found"):
         DPSettings(**args)
+
+
+@pytest.mark.parametrize("kind", ["fedvpa-gp", "btl"])
+def test_ghost_clipping_gives_the_same_clipped_sum(kind, deterministic_latent):
+    """Ghost clipping (two backward passes) must produce the clipped per-episode sum that the
+    hooks path computes explicitly; otherwise it is not a correct mode for this model."""
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    from securefvpa.train.private import CsprngGhostDPOptimizer
+
+    model, pairs, users = _client(kind)
+    episodes = partition_episodes(pairs, users, context_pairs=4, target_pairs=2,
+                                  rng=np.random.default_rng(0))
+    batch = collate(pairs, episodes)
+    clip = 0.05
+    expected = per_episode_clipped_grads(model, batch, clip).sum(0)
+    gsm = wrap(model, "ghost", clip)
+    opt = CsprngGhostDPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
+                                 max_grad_norm=clip, expected_batch_size=len(episodes))
+    per_episode, _ = gsm(**batch.inputs())
+    DPTensorFastGradientClipping(gsm, opt, per_episode, "mean").backward()
+    got = torch.cat([p.grad.reshape(-1) for p in gsm.parameters() if p.requires_grad])
+    gsm._close()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
