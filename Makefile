@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/securefvpa run examples/demo.toml --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check securefvpa tests benchmarks audits examples
