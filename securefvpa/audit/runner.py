@@ -148,7 +148,6 @@ def train_federated(cfg: RunConfig, data: CanaryData, inject: str) -> dict[str, 
                 model, part.pairs, part.users, steps=fed.local_steps, train_cfg=cfg.train, dp=dp,
                 rng=rng, step_offset=(rnd - 1) * fed.local_steps,
                 total_steps=fed.rounds * fed.local_steps,
-                tau=(cfg.model.tau_start, cfg.model.tau_end),
             )
             events.setdefault(cid, []).append(event)  # committed before the update is used
             if math.isfinite(stats.mean_loss):

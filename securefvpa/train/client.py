@@ -66,7 +66,6 @@ def local_train_round(
     fed = cfg.federation
     step_offset = (rnd - 1) * fed.local_steps
     total_steps = fed.rounds * fed.local_steps
-    tau = (cfg.model.tau_start, cfg.model.tau_end)
     n_examples = part.n_train_pairs
     epsilon = None
     if cfg.privacy.enabled:
@@ -90,7 +89,6 @@ def local_train_round(
             rng=rng,
             step_offset=step_offset,
             total_steps=total_steps,
-            tau=tau,
         )
         # The event is committed before the update leaves this function.
         epsilon = plan.commit(client_id(part.partition_id), rnd)

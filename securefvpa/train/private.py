@@ -41,9 +41,9 @@ from opacus.validators import ModuleValidator
 from securefvpa.config import TrainConfig
 from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.errors import ModelError
-from securefvpa.models.priors import geometric_temperature
 from securefvpa.train import csprng
 from securefvpa.train.episodes import collate, partition_episodes
+from securefvpa.train.loop import apply_schedule
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def private_train_steps(
     rng: np.random.Generator,
     step_offset: int = 0,
     total_steps: int | None = None,
-    tau: tuple[float, float] | None = None,
+    schedule: bool = True,
 ) -> PrivateStats:
     """Run ``steps`` DP-SGD steps on ``model`` in place; returns statistics, never data.
 
@@ -164,8 +164,9 @@ def private_train_steps(
     sampled_total = 0
     gsm.train()
     for i in range(steps):
-        if tau is not None and hasattr(model, "set_temperature"):
-            model.set_temperature(geometric_temperature(step_offset + i, total, *tau))
+        if schedule and hasattr(model, "set_kl_weight"):
+            # the same temperature / KL warm-up schedule as the non-private loop
+            apply_schedule(model, step_offset + i, total, train_cfg)
         episodes = partition_episodes(
             pairs,
             users,
