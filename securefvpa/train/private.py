@@ -121,6 +121,51 @@ def _empty_grad_samples(gsm: GradSampleModule) -> None:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
 
 
+class PrivateStepper:
+    """Opacus' per-episode machinery and a CSPRNG DP optimizer around ``model``, for one round.
+
+    ``step(batch)`` is one DP-SGD step on an already Poisson-sampled batch of episodes (None =
+    an empty sample: the step is noise only). ``close()`` removes Opacus' hooks.
+    """
+
+    def __init__(self, model: torch.nn.Module, dp: DPSettings, train_cfg: TrainConfig,
+                 expected_batch: float) -> None:
+        self.ghost = dp.grad_sample_mode == "ghost"
+        self.gsm = wrap(model, dp.grad_sample_mode, dp.clip)
+        self.optimizer = (CsprngGhostDPOptimizer if self.ghost else CsprngDPOptimizer)(
+            torch.optim.Adam(self.gsm.parameters(), lr=train_cfg.lr,
+                             weight_decay=train_cfg.weight_decay),
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.clip,
+            expected_batch_size=max(1, round(expected_batch)),
+            loss_reduction="mean",
+        )
+        self.gsm.train()
+
+    def step(self, batch: Any | None) -> float | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = None
+        if batch is not None:
+            per_episode, _ = self.gsm(**batch.inputs())
+            if self.ghost:
+                # two backward passes: per-episode norms, then the clipped-and-summed gradient
+                DPTensorFastGradientClipping(self.gsm, self.optimizer, per_episode, "mean").backward()
+            else:
+                per_episode.mean().backward()
+            loss = float(per_episode.detach().mean())
+        elif self.ghost:
+            for p in self.gsm.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+        else:
+            _empty_grad_samples(self.gsm)
+        self.optimizer.step()
+        return loss
+
+    def close(self) -> None:
+        self.gsm._close()
+
+
 def private_train_steps(
     model: torch.nn.Module,
     pairs: EmbeddedPairs,
@@ -139,62 +184,32 @@ def private_train_steps(
     ``rng`` only shuffles pairs into episodes (content-independent, not a secret); the sampling
     coins and the noise come from the CSPRNG.
     """
-    ghost = dp.grad_sample_mode == "ghost"
-    gsm = wrap(model, dp.grad_sample_mode, dp.clip)
-    n_episodes = len(
-        partition_episodes(
-            pairs,
-            users,
-            context_pairs=train_cfg.context_pairs,
-            target_pairs=train_cfg.target_pairs,
-            rng=np.random.default_rng(0),
-        )
-    )
+
+    def episodes_now(r: np.random.Generator) -> list[Any]:
+        return partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                                  target_pairs=train_cfg.target_pairs, rng=r)
+
+    n_episodes = len(episodes_now(np.random.default_rng(0)))  # depends on counts only
     if n_episodes == 0:
         raise ModelError("the client has no training pairs")
-    optimizer = (CsprngGhostDPOptimizer if ghost else CsprngDPOptimizer)(
-        torch.optim.Adam(gsm.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
-        noise_multiplier=dp.noise_multiplier,
-        max_grad_norm=dp.clip,
-        expected_batch_size=max(1, round(dp.sample_rate * n_episodes)),
-        loss_reduction="mean",
-    )
+    stepper = PrivateStepper(model, dp, train_cfg, dp.sample_rate * n_episodes)
     total = total_steps or steps
     losses: list[float] = []
     sampled_total = 0
-    gsm.train()
-    for i in range(steps):
-        if schedule and hasattr(model, "set_kl_weight"):
-            # the same temperature / KL warm-up schedule as the non-private loop
-            apply_schedule(model, step_offset + i, total, train_cfg)
-        episodes = partition_episodes(
-            pairs,
-            users,
-            context_pairs=train_cfg.context_pairs,
-            target_pairs=train_cfg.target_pairs,
-            rng=rng,
-        )
-        keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
-        chosen = [e for e, k in zip(episodes, keep) if k]
-        sampled_total += len(chosen)
-        optimizer.zero_grad(set_to_none=True)
-        if chosen:
-            batch = collate(pairs, chosen)
-            per_episode, _ = gsm(**batch.inputs())
-            if ghost:
-                # two backward passes: per-episode norms, then the clipped-and-summed gradient
-                DPTensorFastGradientClipping(gsm, optimizer, per_episode, "mean").backward()
-            else:
-                per_episode.mean().backward()
-            losses.append(float(per_episode.detach().mean()))
-        elif ghost:
-            for p in gsm.parameters():
-                if p.requires_grad:
-                    p.grad = torch.zeros_like(p)
-        else:
-            _empty_grad_samples(gsm)
-        optimizer.step()
-    gsm._close()
+    try:
+        for i in range(steps):
+            if schedule and hasattr(model, "set_kl_weight"):
+                # the same temperature / KL warm-up schedule as the non-private loop
+                apply_schedule(model, step_offset + i, total, train_cfg)
+            episodes = episodes_now(rng)
+            keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
+            chosen = [e for e, k in zip(episodes, keep) if k]
+            sampled_total += len(chosen)
+            loss = stepper.step(collate(pairs, chosen) if chosen else None)
+            if loss is not None:
+                losses.append(loss)
+    finally:
+        stepper.close()
     return PrivateStats(
         steps=steps,
         mean_loss=float(np.mean(losses)) if losses else float("nan"),
