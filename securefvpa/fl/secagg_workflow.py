@@ -20,8 +20,6 @@ import numpy as np
 
 from securefvpa.errors import FederationError, ProtocolAbort
 from securefvpa.fl.messages import (
-    STATUS_DECLINED,
-    STATUS_OK,
     config_value,
     get_record,
     make_content,
@@ -44,41 +42,14 @@ def secure_fedavg(
 ) -> RoundOutcome:
     from securefvpa.fl.driver import read_manifest
     from securefvpa.fl.secagg_keys import load_roster, roster_path
-    from securefvpa.fl.server_app import RoundOutcome
+    from securefvpa.fl.server_app import train_and_collect
 
     cfg = loop.cfg
     t0 = time.perf_counter()
     base = loop.base_config(rnd) | {"secagg": True}
     content = make_content(arrays=params, config=base | {"secagg-stage": "train"})
-    replies = loop.send([loop.message(n, "train", content) for n in sampled])
-    by_node = {n.node_id: n for n in sampled}
-    out = RoundOutcome(new_params=None)
-    ready: list[NodeInfo] = []
-    losses, eps = [], []
-    for r in replies:
-        node = by_node.get(r.metadata.src_node_id)
-        if node is None or node in ready or node.partition_id in out.failed + out.declined:
-            continue
-        if r.has_error():
-            log.warning(
-                "round %d: client %d failed: %s", rnd, node.partition_id, r.error.reason[:200]
-            )
-            out.failed.append(node.partition_id)
-            continue
-        rec = get_record(r.content, "reply", "config")
-        status = config_value(rec, "status", str)
-        if status == STATUS_DECLINED:
-            out.declined.append(node.partition_id)
-        elif status == STATUS_OK:
-            ready.append(node)
-            losses.append(config_value(rec, "train-loss", float))
-            if "epsilon" in rec:
-                eps.append(config_value(rec, "epsilon", float))
-        else:
-            out.failed.append(node.partition_id)
-    answered = {n.partition_id for n in ready} | set(out.failed) | set(out.declined)
-    out.failed += [n.partition_id for n in sampled if n.partition_id not in answered]
-    out.epsilon_max = max(eps) if eps else None
+    ok, out = train_and_collect(loop, rnd, sampled, content)
+    ready = [node for node, _ in ok]
     train_seconds = time.perf_counter() - t0
     if len(ready) < max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients):
         log.warning(
@@ -147,7 +118,6 @@ def secure_fedavg(
     }
     out.trained = contributors
     out.failed += [p for p in node_of if p not in contributors]
-    out.train_loss = float(np.mean(losses))
     out.extra = {
         "secagg": {
             "contributors": len(contributors),

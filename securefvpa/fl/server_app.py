@@ -184,16 +184,15 @@ class ServerLoop:
         return combine_eval_replies(rows, self.cfg)
 
 
-def plain_fedavg(
-    loop: ServerLoop, rnd: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
-) -> RoundOutcome:
-    """Clients return ``w * delta`` in the clear; the server sums and divides by ``sum(w)``."""
-    content = make_content(arrays=params, config=loop.base_config(rnd) | {"secagg": False})
+def train_and_collect(
+    loop: ServerLoop, rnd: int, sampled: list[NodeInfo], content: Any
+) -> tuple[list[tuple[NodeInfo, Message]], RoundOutcome]:
+    """Send a train message to every sampled node; sort the replies into trained (returned with
+    their message), declined (budget), and failed (error, unknown status, or no reply)."""
     replies = loop.send([loop.message(n, "train", content) for n in sampled])
     by_node = {n.node_id: n for n in sampled}
     out = RoundOutcome(new_params=None)
-    total_w = 0.0
-    acc = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
+    ok: list[tuple[NodeInfo, Message]] = []
     losses: list[float] = []
     eps: list[float] = []
     seen: set[int] = set()
@@ -212,33 +211,58 @@ def plain_fedavg(
         status = config_value(reply, "status", str)
         if status == STATUS_DECLINED:
             out.declined.append(node.partition_id)
-            continue
-        if status != STATUS_OK:
+        elif status == STATUS_OK:
+            ok.append((node, r))
+            losses.append(config_value(reply, "train-loss", float))
+            if "epsilon" in reply:
+                eps.append(config_value(reply, "epsilon", float))
+        else:
+            out.failed.append(node.partition_id)
+    out.failed += [n.partition_id for n in sampled if n.node_id not in seen]
+    out.train_loss = float(np.mean(losses)) if losses else None
+    out.epsilon_max = max(eps) if eps else None
+    return ok, out
+
+
+def plain_fedavg(
+    loop: ServerLoop, rnd: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
+) -> RoundOutcome:
+    """Clients return ``w * delta`` in the clear; the server sums and divides by ``sum(w)``."""
+    content = make_content(arrays=params, config=loop.base_config(rnd) | {"secagg": False})
+    ok, out = train_and_collect(loop, rnd, sampled, content)
+    total_w = 0.0
+    acc = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
+    for node, r in ok:
+        w = config_value(get_record(r.content, "reply", "config"), "num-examples", int)
+        update = record_to_arrays(get_record(r.content, "arrays", "arrays"))
+        bad = _shape_mismatch(update, params)
+        if bad or w <= 0:
+            log.warning(
+                "round %d: client %d sent a malformed update (%s); ignored",
+                rnd,
+                node.partition_id,
+                bad or f"num-examples {w}",
+            )
             out.failed.append(node.partition_id)
             continue
-        w = config_value(reply, "num-examples", int)
-        update = record_to_arrays(get_record(r.content, "arrays", "arrays"))
-        if set(update) != set(params):
-            raise FederationError(
-                f"client {node.partition_id} sent parameters {sorted(update)[:3]}…, expected the global set"
-            )
         for k in acc:
-            if update[k].shape != params[k].shape:
-                raise FederationError(
-                    f"client {node.partition_id}: {k} has shape {update[k].shape}, expected {params[k].shape}"
-                )
             acc[k] += update[k]
         total_w += w
         out.trained.append(node.partition_id)
-        losses.append(config_value(reply, "train-loss", float))
-        if "epsilon" in reply:
-            eps.append(config_value(reply, "epsilon", float))
-    out.failed += [n.partition_id for n in sampled if n.node_id not in seen]
-    if out.trained and total_w > 0:
+    if out.trained:
         out.new_params = {k: (params[k] + acc[k] / total_w).astype(params[k].dtype) for k in params}
-        out.train_loss = float(np.mean(losses))
-    out.epsilon_max = max(eps) if eps else None
     return out
+
+
+def _shape_mismatch(update: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> str:
+    if set(update) != set(params):
+        return f"parameter names {sorted(set(update) ^ set(params))[:3]} differ from the global set"
+    for k, v in params.items():
+        if update[k].shape != v.shape:
+            return f"{k} has shape {update[k].shape}, expected {v.shape}"
+        if not np.all(np.isfinite(update[k])):
+            return f"{k} holds non-finite values"
+    return ""
 
 
 def run_server(
