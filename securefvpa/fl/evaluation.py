@@ -19,7 +19,7 @@ from securefvpa.models import metrics
 def combine_eval_replies(rows: list[tuple[str, dict[str, Any]]], cfg: RunConfig) -> dict[str, Any]:
     def acc(role: str | None, num: str, den: str) -> float | None:
         n = sum(int(r[den]) for ro, r in rows if role in (None, ro))
-        c = sum(int(r[num]) for ro, r in rows if role in (None, ro))
+        c = sum(float(r[num]) for ro, r in rows if role in (None, ro))
         return c / n if n else None
 
     cells = max((int(r["cells"]) for _, r in rows), default=0)
@@ -54,7 +54,7 @@ def combine_eval_replies(rows: list[tuple[str, dict[str, Any]]], cfg: RunConfig)
         # Per-client counts (no z, no pair-level data): what paired benchmarks bootstrap over.
         "per_client": sorted(
             (
-                [int(r["partition-id"]), ro, int(r["pairs"]), int(r["correct"])]
+                [int(r["partition-id"]), ro, int(r["pairs"]), float(r["correct"])]
                 for ro, r in rows
                 if "partition-id" in r
             ),

@@ -139,7 +139,7 @@ def local_evaluate(
         "pairs": int(correct.size),
         "correct": int(correct.sum()),
         "contro-pairs": int((contro == 1).sum()),
-        "contro-correct": int(correct[contro == 1].sum()),
+        "contro-correct": float(correct[contro == 1].sum()),
         "users": int(scores.users.size),
         "kl-sum": float(scores.kl.sum()),
         "cells": n_cells,
