@@ -137,7 +137,7 @@ def local_evaluate(
     contro = np.concatenate(scores.controversial) if scores.controversial else np.zeros(0, np.int8)
     return {
         "pairs": int(correct.size),
-        "correct": int(correct.sum()),
+        "correct": float(correct.sum()),  # ties count 1/2
         "contro-pairs": int((contro == 1).sum()),
         "contro-correct": float(correct[contro == 1].sum()),
         "users": int(scores.users.size),
