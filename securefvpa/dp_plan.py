@@ -21,13 +21,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from securefvpa.config import RunConfig, config_hash
 from securefvpa.errors import ConfigError
+from securefvpa.fsutil import atomic_write_text
 from securefvpa.privacy.calibrate import calibrate_noise_multiplier
 from securefvpa.privacy.events import DpSgdEvent
 from securefvpa.privacy.guard import BudgetGuard, Decision
@@ -164,9 +164,7 @@ def run_id(cfg: RunConfig) -> str:
 def start_ledger(cfg: RunConfig, run_dir: Path) -> PrivacyPlan:
     """Resolve sigma/delta once, save them to ``privacy_plan.json`` and open the ledger's run."""
     plan = PrivacyPlan.for_run(cfg, run_dir)
-    tmp = run_dir / f".{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps(plan.summary(), indent=2))
-    os.replace(tmp, run_dir / PLAN_FILE)
+    atomic_write_text(run_dir / PLAN_FILE, json.dumps(plan.summary(), indent=2))
     with Ledger(ledger_path(cfg, run_dir)) as ledger:
         ledger.append_run_start(run_id(cfg), config_hash(cfg), plan.summary())
     return plan

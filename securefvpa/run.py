@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from securefvpa.config import RunConfig, dump_config, load_config
 from securefvpa.errors import ConfigError
+from securefvpa.fsutil import atomic_write_text
 
 log = logging.getLogger("securefvpa.run")
 
@@ -41,9 +41,7 @@ def prepare_run_dir(cfg: RunConfig, out: Path, *, resume: bool) -> None:
             )
     elif resume:
         raise ConfigError(f"--resume: {str(resolved)!r} not found; nothing to resume")
-    tmp = out / ".config.resolved.toml.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, resolved)
+    atomic_write_text(resolved, text)
 
 
 def run(
@@ -104,6 +102,4 @@ def _jsonable(x: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 import zipfile
@@ -44,6 +43,7 @@ import numpy as np
 from securefvpa.data.dataset import EmbeddedPairs
 from securefvpa.data.records import PreferenceRecord
 from securefvpa.errors import ConfigError, DataError
+from securefvpa.fsutil import atomic_write
 
 log = logging.getLogger("securefvpa.data")
 
@@ -164,17 +164,7 @@ class EmbeddingCache:
 
     def _write(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
         final = self.dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=keys, vectors=vectors)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return final
+        return atomic_write(final, lambda fh: np.savez(fh, keys=keys, vectors=vectors))
 
     def _compact(self, shards: list[Path]) -> None:
         table = self.load()

@@ -8,13 +8,12 @@ the same folder, then ``os.replace``), so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from securefvpa.data.records import PreferenceRecord
 from securefvpa.errors import DataError
+from securefvpa.fsutil import atomic_write_text
 
 
 def read_records(path: str | Path) -> list[PreferenceRecord]:
@@ -68,14 +67,5 @@ def write_records(path: str | Path, records: Iterable[PreferenceRecord]) -> int:
             raise DataError(f"cannot write {str(p)!r}: duplicate pair_id {rec.pair_id!r}")
         seen.add(rec.pair_id)
         lines.append(json.dumps(rec.to_json(), ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("".join(line + "\n" for line in lines))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, "".join(line + "\n" for line in lines))
     return len(lines)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from securefvpa.errors import FederationError
+from securefvpa.fsutil import atomic_write
 
 CHECKPOINT_SCHEMA = 1
 CHECKPOINT_NAME = "server_state.npz"
@@ -46,17 +46,7 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
     }
     arrays = {f"p{i}": np.asarray(v) for i, v in enumerate(state.params.values())}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path = run_dir / CHECKPOINT_NAME
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".server_state.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = atomic_write(run_dir / CHECKPOINT_NAME, lambda fh: np.savez(fh, **arrays))
     dir_fd = os.open(run_dir, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

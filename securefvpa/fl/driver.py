@@ -24,6 +24,7 @@ from securefvpa.config import RunConfig
 from securefvpa.data.dataset import EmbeddedPairs, UserSplit
 from securefvpa.errors import FederationError
 from securefvpa.fl.partition import make_partitions, save_partition
+from securefvpa.fsutil import atomic_write_text
 
 log = logging.getLogger("securefvpa.fl")
 
@@ -95,9 +96,9 @@ def finish_federated_run(cfg: RunConfig, run_dir: Path, result: dict[str, Any]) 
 
         close_ledger(cfg, run_dir, utility=metrics["accuracy"])
         metrics["privacy_report"] = write_privacy_report(cfg, run_dir, utility=metrics["accuracy"])
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
-    os.replace(tmp, run_dir / "metrics.json")
+    atomic_write_text(
+        run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default)
+    )
     return metrics
 
 

@@ -11,8 +11,6 @@ Imports neither torch nor flwr.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from securefvpa.config import FederationConfig
 from securefvpa.data.dataset import EmbeddedPairs, UserData, UserSplit
 from securefvpa.errors import DataError, FederationError
+from securefvpa.fsutil import atomic_write
 
 PARTITION_SCHEMA = 1
 
@@ -92,19 +91,6 @@ def make_partitions(
     return parts
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def partition_path(directory: Path, partition_id: int) -> Path:
     return directory / f"client_{partition_id:05d}.npz"
 
@@ -132,20 +118,18 @@ def save_partition(part: ClientPartition, directory: Path) -> Path:
         ],
     }
     path = partition_path(directory, part.partition_id)
-    _atomic_savez(
-        path,
-        {
-            "prompt": p.prompt,
-            "chosen": p.chosen,
-            "rejected": p.rejected,
-            "chosen_len": p.chosen_len,
-            "rejected_len": p.rejected_len,
-            "user_index": p.user_index,
-            "type_index": p.type_index,
-            "controversial": p.controversial,
-            "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
-        },
-    )
+    arrays = {
+        "prompt": p.prompt,
+        "chosen": p.chosen,
+        "rejected": p.rejected,
+        "chosen_len": p.chosen_len,
+        "rejected_len": p.rejected_len,
+        "user_index": p.user_index,
+        "type_index": p.type_index,
+        "controversial": p.controversial,
+        "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
+    }
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
 
 

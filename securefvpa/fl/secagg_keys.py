@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefvpa.errors import ConfigError
+from securefvpa.fsutil import atomic_write_text
 
 ROSTER = "roster.json"
 
@@ -49,10 +50,10 @@ def prepare_identities(run_dir: Path, node_ids: list[int]) -> dict[int, bytes]:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
         roster[nid] = key.public_key().public_bytes_raw()
-    out = roster_path(run_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({str(k): v.hex() for k, v in sorted(roster.items())}, indent=1))
-    os.replace(tmp, out)
+    atomic_write_text(
+        roster_path(run_dir),
+        json.dumps({str(k): v.hex() for k, v in sorted(roster.items())}, indent=1),
+    )
     return roster
 
 
