@@ -113,7 +113,8 @@ def accuracy_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 # >= 50 clients take part in every round; more only cost time on 2 cores
                 fraction = min(1.0, 60 / (0.8 * setting["users"]))
                 m = run_one(
-                    config(setting, model, seed, args.rounds, fraction, args.local_steps), work
+                    config(setting, model, seed, args.rounds, fraction, args.local_steps, name),
+                    work,
                 )
                 rounds = m["rounds"]
                 rows[model].append(
@@ -166,6 +167,8 @@ def accuracy_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
         out[name] = {"setting": setting, "clients": rows["btl"][0]["clients"], "models": summary}
         print_accuracy_table(name, out[name])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"accuracy_partial": out}, indent=2))  # survive a crash
     return out
 
 

@@ -311,10 +311,9 @@ class RunConfig:
 
     def validate(self) -> None:
         _check(0 <= self.seed < 2**63, "seed", self.seed, "be in [0, 2**63)")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate()
+        for section in (self.data, self.embedding, self.model, self.train, self.federation,
+                        self.privacy, self.secagg):
+            section.validate()
         if self.secagg.enabled and self.federation.mode == "central":
             raise ConfigError(
                 "secagg.enabled = true needs federation.mode 'simulation' or 'deployment'. "
@@ -337,7 +336,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key} has the wrong type. Found {value!r}.")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table. Found {value!r}.")
         return _from_dict(tp, value, prefix=f"{key}.")
