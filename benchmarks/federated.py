@@ -45,10 +45,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def config(
-    setting: dict[str, Any], model: str, seed: int, rounds: int, fraction: float, local_steps: int
+    setting: dict[str, Any],
+    model: str,
+    seed: int,
+    rounds: int,
+    fraction: float,
+    local_steps: int,
+    name: str = "run",
 ) -> dict[str, Any]:
     return {
-        "run_id": f"bench-{model}-{seed}",
+        "run_id": f"bench-{name}-{model}-{seed}",
         "seed": seed,
         "data": dict(setting) | {"unseen_share": 0.2},
         "embedding": {"cache_dir": CACHE},

@@ -151,6 +151,7 @@ class TrainConfig:
     context_pairs: int = 8  # context pairs per episode (encoded into z)
     target_pairs: int = 4  # target pairs per episode (scored by the reward head)
     weight_decay: float = 0.0
+    optimizer: Literal["adam", "sgd"] = "adam"
     kl_warmup: float = 0.5  # share of the steps over which the KL weight ramps 0 -> beta
 
     def validate(self) -> None:

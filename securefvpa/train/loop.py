@@ -35,6 +35,11 @@ class TrainStats:
 
 
 def make_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or plain SGD (``train.optimizer = "sgd"``): in federated rounds a client starts a
+    fresh optimizer every round, and a fresh Adam's first steps are sign-like (every coordinate
+    moves by about lr), which FedAvg then averages; SGD keeps gradient magnitudes."""
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     return torch.optim.Adam(
         model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
     )

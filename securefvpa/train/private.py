@@ -43,7 +43,7 @@ from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.errors import ModelError
 from securefvpa.train import csprng
 from securefvpa.train.episodes import collate, partition_episodes
-from securefvpa.train.loop import apply_schedule
+from securefvpa.train.loop import apply_schedule, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,7 @@ class PrivateStepper:
         self.ghost = dp.grad_sample_mode == "ghost"
         self.gsm = wrap(model, dp.grad_sample_mode, dp.clip)
         self.optimizer = (CsprngGhostDPOptimizer if self.ghost else CsprngDPOptimizer)(
-            torch.optim.Adam(self.gsm.parameters(), lr=train_cfg.lr,
-                             weight_decay=train_cfg.weight_decay),
+            make_optimizer(self.gsm, train_cfg),
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.clip,
             expected_batch_size=max(1, round(expected_batch)),
