@@ -260,3 +260,40 @@ def test_sigterm_mid_run_leaves_no_process(tmp_path):
     assert record["alive_after_stop"] == []
     assert _processes_with_launch_id(record["launch_id"]) == []
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_deployment_with_secure_aggregation(tmp_path):
+    """Secure aggregation on the Deployment Engine, where every message starts a fresh ClientApp
+    process: the protocol state must survive in the node's state between its five phases."""
+    run_dir = tmp_path / "deploy-secagg"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(run_dir),
+            "--timeout",
+            "240",
+            "--set",
+            "data.users=12",
+            "--set",
+            "secagg.enabled=true",
+            "--set",
+            "federation.min_fit_clients=3",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mode"] == "deployment" and metrics["secagg"] is True
+    r1 = metrics["rounds"][1]
+    assert r1["secagg"]["phases"] == 5
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert r1["secagg"]["contributors"] == r1["clients"] == manifest["train_clients"] >= 3
+    assert r1["failed"] == []
