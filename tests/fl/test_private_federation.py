@@ -19,8 +19,14 @@ def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_conf
     cfg = fed_config(
         train={"context_pairs": 4, "target_pairs": 2},
         federation={"rounds": 3, "local_steps": 3},
-        privacy={"enabled": True, "noise_multiplier": 2.0, "sample_rate": 0.5,
-                 "budget_epsilon": 5.0, "target_epsilon": 5.0, "delta": 1e-5},
+        privacy={
+            "enabled": True,
+            "noise_multiplier": 2.0,
+            "sample_rate": 0.5,
+            "budget_epsilon": 5.0,
+            "target_epsilon": 5.0,
+            "delta": 1e-5,
+        },
     )
     out = tmp_path / "run"
     metrics = run(write_config(cfg), out)
