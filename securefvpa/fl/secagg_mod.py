@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from securefvpa.config import RunConfig
@@ -186,4 +186,4 @@ def _protocol_stage(msg: Message, context: Context) -> Message:
     return Message(make_content(reply={"secagg-payload": out}), reply_to=msg)
 
 
-__all__ = ["ArrayRecord", "secagg_mod", "fixed_point_spec", "flatten", "unflatten", "session_id"]
+__all__ = ["fixed_point_spec", "flatten", "secagg_mod", "session_id", "unflatten"]
