@@ -41,6 +41,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "synth-16": {"source": "synth", "users": 120, "pairs_per_user": 16, "heldout_pairs": 4},
     "hh-16": {"source": "hh_rlhf", "users": 250, "pairs_per_user": 16, "heldout_pairs": 4},
     "hh-40": {"source": "hh_rlhf", "users": 100, "pairs_per_user": 40, "heldout_pairs": 8},
+    # 4 users of mixed types per client (60 clients): the client-drift control
+    "synth-16-mixed4": {"source": "synth", "users": 240, "pairs_per_user": 16, "heldout_pairs": 4,
+                        "federation": {"users_per_client": 4, "type_mix": "mixed"}},
 }
 
 
@@ -53,10 +56,12 @@ def config(
     local_steps: int,
     name: str = "run",
 ) -> dict[str, Any]:
-    return {
+    setting = dict(setting)
+    fed_extra = setting.pop("federation", {})
+    cfg = {
         "run_id": f"bench-{name}-{model}-{seed}",
         "seed": seed,
-        "data": dict(setting) | {"unseen_share": 0.2},
+        "data": setting | {"unseen_share": 0.2},
         "embedding": {"cache_dir": CACHE},
         "model": {"kind": model},
         "train": {"lr": 0.01},
@@ -70,6 +75,8 @@ def config(
             "round_timeout_s": 600.0,
         },
     }
+    cfg["federation"].update(fed_extra)
+    return cfg
 
 
 def run_one(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -117,7 +124,8 @@ def accuracy_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for seed in range(args.seeds):
             for model in MODELS:
                 # >= 50 clients take part in every round; more only cost time on 2 cores
-                fraction = min(1.0, 60 / (0.8 * setting["users"]))
+                upc = setting.get("federation", {}).get("users_per_client", 1)
+                fraction = min(1.0, 60 / (0.8 * setting["users"] / upc))
                 m = run_one(
                     config(setting, model, seed, args.rounds, fraction, args.local_steps, name),
                     work,
