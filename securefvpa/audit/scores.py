@@ -15,6 +15,7 @@ numpy/scipy only; imports neither torch nor flwr.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Sequence
 
@@ -138,15 +139,8 @@ def one_run_audit_grid(
         ),
         key=lambda bound: bound.epsilon_lower_bound,
     )
-    return AuditBound(
-        method=best.method,
-        epsilon_lower_bound=best.epsilon_lower_bound,
-        confidence=c,
-        delta=best.delta,
-        canaries=best.canaries,
-        guesses=best.guesses,
-        correct=best.correct,
-        note=f"{best.note}; Bonferroni over {len(pairs)} (k_plus, k_minus) pairs",
+    return dataclasses.replace(
+        best, confidence=c, note=f"{best.note}; Bonferroni over {len(pairs)} (k_plus, k_minus) pairs"
     )
 
 
@@ -221,15 +215,8 @@ def clopper_pearson_bonferroni(
     else:
         family = np.unique(_scores("thresholds", thresholds))
     _, best = _best_threshold(pos, neg, family, delta, bonferroni_confidence(c, family.size))
-    return AuditBound(
-        method=best.method,
-        epsilon_lower_bound=best.epsilon_lower_bound,
-        confidence=c,
-        delta=best.delta,
-        canaries=best.canaries,
-        guesses=best.guesses,
-        correct=best.correct,
-        note=f"{best.note}; Bonferroni over {family.size} thresholds",
+    return dataclasses.replace(
+        best, confidence=c, note=f"{best.note}; Bonferroni over {family.size} thresholds"
     )
 
 

@@ -369,12 +369,10 @@ class ShareKeysRequest(_Message):
 
 
 @dataclass(frozen=True)
-class ShareKeysReply(_Message):
-    """Client -> server: one sealed share pair per neighbour in U1 (``peer_id`` = receiver)."""
+class _SealedSharesMessage(_Message):
+    """A list of sealed shares, one per peer (the two relays of phase 2)."""
 
     shares: tuple[SealedShare, ...]
-
-    TAG: ClassVar[MessageType] = MessageType.SHARE_KEYS_REPLY
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -389,23 +387,17 @@ class ShareKeysReply(_Message):
 
 
 @dataclass(frozen=True)
-class MaskedInputRequest(_Message):
+class ShareKeysReply(_SealedSharesMessage):
+    """Client -> server: one sealed share pair per neighbour in U1 (``peer_id`` = receiver)."""
+
+    TAG: ClassVar[MessageType] = MessageType.SHARE_KEYS_REPLY
+
+
+@dataclass(frozen=True)
+class MaskedInputRequest(_SealedSharesMessage):
     """Server -> client: sealed shares addressed to the recipient (``peer_id`` = sender, U2)."""
 
-    shares: tuple[SealedShare, ...]
-
     TAG: ClassVar[MessageType] = MessageType.MASKED_INPUT_REQUEST
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _entries("shares", self.shares, SealedShare, lambda e: e.peer_id)
-
-    def _body(self) -> bytes:
-        return _w_entries(self.shares)
-
-    @classmethod
-    def _read_body(cls, r: _Reader) -> dict[str, Any]:
-        return {"shares": _r_entries(r, SealedShare)}
 
 
 @dataclass(frozen=True)
