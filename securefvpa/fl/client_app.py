@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import math
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -99,9 +100,10 @@ def train_reply_content(msg: Message, context: Context) -> tuple[dict[str, objec
     reply: dict[str, object] = {
         "status": res.status,
         "num-examples": res.num_examples,
-        "train-loss": res.train_loss,
         "reason": res.reason,
     }
+    if math.isfinite(res.train_loss):  # absent with DP on: the raw loss is not private
+        reply["train-loss"] = res.train_loss
     if res.epsilon is not None:
         reply["epsilon"] = float(res.epsilon)
     if res.delta is None:

@@ -213,7 +213,8 @@ def train_and_collect(
             out.declined.append(node.partition_id)
         elif status == STATUS_OK:
             ok.append((node, r))
-            losses.append(config_value(reply, "train-loss", float))
+            if "train-loss" in reply:
+                losses.append(config_value(reply, "train-loss", float))
             if "epsilon" in reply:
                 eps.append(config_value(reply, "epsilon", float))
         else:

@@ -92,7 +92,10 @@ def local_train_round(
         )
         # The event is committed before the update leaves this function.
         epsilon = plan.commit(client_id(part.partition_id), rnd)
-        loss = stats.mean_loss
+        # The raw training loss is a function of the private pairs that no noise protects:
+        # with DP on it stays on the client (only the noised update leaves).
+        loss = float("nan")
+        del stats
     else:
         from securefvpa.train.loop import train_steps
 

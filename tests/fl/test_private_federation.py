@@ -32,6 +32,7 @@ def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_conf
     metrics = run(write_config(cfg), out)
     rounds = metrics["rounds"]
     assert rounds[1]["clients"] >= 4 and not rounds[1]["declined"]
+    assert rounds[1]["train_loss"] is None  # the raw loss never leaves a DP client
     # round 2: every client that trained in round 1 declines; afterwards nobody is sampled
     assert rounds[2]["clients"] == 0
     assert len(rounds[2]["declined"]) == rounds[1]["clients"]
