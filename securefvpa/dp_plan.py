@@ -124,15 +124,14 @@ class PrivacyPlan:
             history = ledger.events_by_client().get(client_id, [])
         return self.guard().check(client_id, history, self.event(client_id, rnd))
 
-    def commit(self, client_id: str, rnd: int) -> float:
-        """Append this round's DP event (durably) and return the client's epsilon after it."""
-        from securefvpa.privacy.accountant import epsilon
+    def commit(self, client_id: str, rnd: int) -> None:
+        """Append this round's DP event to the ledger (durable when this returns).
 
-        ev = self.event(client_id, rnd)
+        The client's epsilon after it is the guard's ``Decision.epsilon_if_trained``: the same
+        history plus this event under the same accountant and delta.
+        """
         with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:
-            ledger.append(ev)
-            history = ledger.events_by_client().get(client_id, [])
-        return epsilon(history, self.delta, accountant=self.cfg.privacy.accountant)
+            ledger.append(self.event(client_id, rnd))
 
     def record_declined(self, client_id: str, rnd: int, decision: Decision) -> None:
         with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:

@@ -64,6 +64,7 @@ def secure_fedavg(
     spec = fixed_point_spec(cfg, manifest)
     d = int(sum(v.size for v in params.values()))
     node_of = {n.partition_id: n for n in ready}
+    pid_of = {n.node_id: n.partition_id for n in ready}
     sid = session_id(loop.cfg_hash, _SESSION_NONCE)
     server = SecAggServer(
         session_id=sid,
@@ -89,9 +90,7 @@ def secure_fedavg(
                 }
                 msgs.append(loop.message(node_of[pid], "train", make_content(config=cfg_values)))
             for r in loop.send(msgs):
-                pid = next(
-                    (p for p, n in node_of.items() if n.node_id == r.metadata.src_node_id), None
-                )
+                pid = pid_of.get(r.metadata.src_node_id)
                 if pid is None:
                     continue
                 if r.has_error():

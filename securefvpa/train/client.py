@@ -91,7 +91,8 @@ def local_train_round(
             total_steps=total_steps,
         )
         # The event is committed before the update leaves this function.
-        epsilon = plan.commit(client_id(part.partition_id), rnd)
+        plan.commit(client_id(part.partition_id), rnd)
+        epsilon = decision.epsilon_if_trained
         # The raw training loss is a function of the private pairs that no noise protects:
         # with DP on it stays on the client (only the noised update leaves).
         loss = float("nan")
