@@ -50,8 +50,8 @@ from securefvpa.secagg.primitives import (
     PURPOSE_SHARE_ENCRYPTION,
     SEED_BYTES,
     advertise_payload,
+    apply_masks,
     consistency_payload,
-    expand_mask,
     open_sealed,
     pair_key,
     public_bytes,
@@ -336,8 +336,7 @@ class SecAggClient:
 
         bits = self._policy.bits
         y = vector.astype(ring_dtype(bits), copy=True)
-        scratch = expand_mask(self._self_seed, y.size, bits)
-        np.add(y, scratch, out=y)
+        masks = [(self._self_seed, 1)]
         for v in sorted(self._u2 - {self.node_id}):
             seed = pair_key(
                 self._s_key,
@@ -347,11 +346,8 @@ class SecAggClient:
                 a=self.node_id,
                 b=v,
             )
-            expand_mask(seed, y.size, bits, out=scratch)
-            if self.node_id < v:
-                np.add(y, scratch, out=y)
-            else:
-                np.subtract(y, scratch, out=y)
+            masks.append((seed, 1 if self.node_id < v else -1))
+        apply_masks(y, masks, bits)
         self._phase = ClientPhase.CONSISTENCY_CHECK
         wire = y.astype(y.dtype.newbyteorder("<"), copy=False).tobytes()
         return self._reply(MaskedInputReply, bits=bits, vector=wire)
@@ -419,8 +415,10 @@ class SecAggClient:
             "context": getattr(self, "_context", b"").hex(),
             "c_key": self._c_key.private_bytes_raw().hex() if self._c_key is not None else "",
             "s_key": self._s_key.private_bytes_raw().hex() if self._s_key is not None else "",
-            "adverts": [[a.node_id, a.c_public.hex(), a.s_public.hex(), a.signature.hex()]
-                        for a in adverts.values()],
+            "adverts": [
+                [a.node_id, a.c_public.hex(), a.s_public.hex(), a.signature.hex()]
+                for a in adverts.values()
+            ],
             "self_seed": self._self_seed.hex(),
             "b_shares": {str(k): hex(v) for k, v in self._b_shares.items()},
             "sk_shares": {str(k): hex(v) for k, v in self._sk_shares.items()},
@@ -445,9 +443,15 @@ class SecAggClient:
             d = json.loads(state.decode("ascii"))
             if d.get("v") != 1:
                 raise ValueError(f"state version {d.get('v')!r}")
-            client = cls(node_id=int(d["node_id"]), identity_key=identity_key, roster=roster,
-                         policy=policy, session_id=bytes.fromhex(d["session_id"]),
-                         round_id=int(d["round_id"]), random_bytes=random_bytes)
+            client = cls(
+                node_id=int(d["node_id"]),
+                identity_key=identity_key,
+                roster=roster,
+                policy=policy,
+                session_id=bytes.fromhex(d["session_id"]),
+                round_id=int(d["round_id"]),
+                random_bytes=random_bytes,
+            )
             client._phase = ClientPhase(d["phase"])
             if client._phase is not ClientPhase.ADVERTISE_KEYS:
                 client._t = int(d["t"])
@@ -458,8 +462,9 @@ class SecAggClient:
                 client._c_key = x25519_from_seed(bytes.fromhex(d["c_key"]))
                 client._s_key = x25519_from_seed(bytes.fromhex(d["s_key"]))
             client._adverts = {
-                int(a[0]): KeyAdvert(int(a[0]), bytes.fromhex(a[1]), bytes.fromhex(a[2]),
-                                     bytes.fromhex(a[3]))
+                int(a[0]): KeyAdvert(
+                    int(a[0]), bytes.fromhex(a[1]), bytes.fromhex(a[2]), bytes.fromhex(a[3])
+                )
                 for a in d["adverts"]
             }
             client._self_seed = bytes.fromhex(d["self_seed"])

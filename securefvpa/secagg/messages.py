@@ -108,6 +108,15 @@ class _Reader:
         self._data = data
         self._pos = 0
 
+    def take_view(self, n: int) -> memoryview:
+        """Like :meth:`take` but zero-copy: a read-only view into the (immutable) message bytes,
+        for the megabyte-sized masked vector."""
+        if n < 0 or n > self.remaining:
+            raise MalformedMessage("message is truncated")
+        out = memoryview(self._data)[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
     @property
     def remaining(self) -> int:
         return len(self._data) - self._pos
@@ -402,10 +411,11 @@ class MaskedInputRequest(_SealedSharesMessage):
 
 @dataclass(frozen=True)
 class MaskedInputReply(_Message):
-    """Client -> server: the masked input vector in Z_{2^bits} (little-endian bytes)."""
+    """Client -> server: the masked input vector in Z_{2^bits} (little-endian bytes; a parsed
+    message holds a read-only view into the received bytes instead of a copy)."""
 
     bits: int
-    vector: bytes
+    vector: bytes | memoryview
 
     TAG: ClassVar[MessageType] = MessageType.MASKED_INPUT_REPLY
 
@@ -414,7 +424,7 @@ class MaskedInputReply(_Message):
         if self.bits not in (32, 64) or isinstance(self.bits, bool):
             raise MalformedMessage("field bits must be 32 or 64")
         width = self.bits // 8
-        if not isinstance(self.vector, bytes) or len(self.vector) % width:
+        if not _is_byte_buffer(self.vector) or len(self.vector) % width:
             raise MalformedMessage("field vector must be bytes of whole ring elements")
         if not 1 <= len(self.vector) // width <= MAX_VECTOR_LENGTH:
             raise MalformedMessage(f"field vector must hold 1..{MAX_VECTOR_LENGTH} elements")
@@ -438,7 +448,7 @@ class MaskedInputReply(_Message):
         length = r.u64()
         if length > MAX_VECTOR_LENGTH or length * (bits // 8) != r.remaining:
             raise MalformedMessage("vector length field does not match the message")
-        return {"bits": bits, "vector": r.take(length * (bits // 8))}
+        return {"bits": bits, "vector": r.take_view(length * (bits // 8))}
 
 
 @dataclass(frozen=True)
@@ -564,6 +574,12 @@ _BY_TAG: dict[int, type[_Message]] = {
         UnmaskReply,
     )
 }
+
+
+def _is_byte_buffer(v: object) -> bool:
+    if isinstance(v, bytes):
+        return True
+    return isinstance(v, memoryview) and v.readonly and v.format == "B" and v.ndim == 1
 
 
 def _as_bytes(data: object) -> bytes:

@@ -152,6 +152,53 @@ def expand_mask(seed: bytes, length: int, bits: int, out: np.ndarray | None = No
     return out
 
 
+MASK_BLOCK_BYTES = 1 << 19  # 512 KiB: a keystream block and a block of the total stay in L2
+
+
+def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int) -> np.ndarray:
+    """``total += sum(sign * expand_mask(seed))`` in Z_{2^bits}, in place, for ``(seed, sign)``
+    pairs with sign +1 or -1; returns ``total``.
+
+    Same keystreams as :func:`expand_mask` (a test checks equality), but streamed: every mask's
+    AES-256-CTR encryptor stays open and the vector is walked in cache-sized blocks, so each
+    block of keystream is added while it is still in cache instead of being written to a full
+    d-length scratch vector and read back (numpy and cryptography have no fused "add keystream"
+    call). With hundreds of masks of 10^6 elements this roughly halves the memory traffic.
+    """
+    dtype = ring_dtype(bits)
+    if total.dtype != dtype or total.ndim != 1 or not total.flags.c_contiguous:
+        raise ConfigError(
+            f"mask total must be a contiguous 1-D {np.dtype(dtype).name} array. "
+            f"Found {total.dtype} {total.shape}."
+        )
+    ops = []
+    for seed, sign in masks:
+        if len(seed) != SEED_BYTES:
+            raise ConfigError(f"mask seed must be {SEED_BYTES} bytes. Found {len(seed)} bytes.")
+        if sign not in (1, -1):
+            raise ConfigError(f"mask sign must be +1 or -1. Found {sign!r}.")
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        ops.append((encryptor, np.add if sign == 1 else np.subtract))
+    if not ops:
+        return total
+    item = total.itemsize
+    block = max(1, MASK_BLOCK_BYTES // item)
+    scratch = np.empty(block, dtype=dtype)
+    sview = scratch.data.cast("B")
+    zview = memoryview(_ZERO_CHUNK)  # slicing a memoryview copies nothing
+    for start in range(0, total.size, block):
+        m = min(block, total.size - start)
+        nbytes = m * item
+        zeros, dst = zview[:nbytes], sview[:nbytes]
+        part, keys = total[start : start + m], scratch[:m]
+        for encryptor, op in ops:
+            encryptor.update_into(zeros, dst)
+            if sys.byteorder == "big":  # pragma: no cover - keystream words are little-endian
+                keys.byteswap(inplace=True)
+            op(part, keys, out=part)
+    return total
+
+
 def keystream_uniform(key: bytes, count: int) -> np.ndarray:
     """``count`` floats uniform on [0, 1) with 53-bit resolution from the AES-CTR keystream."""
     words = expand_mask(key, count, 64)

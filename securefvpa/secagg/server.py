@@ -52,8 +52,8 @@ from securefvpa.secagg.primitives import (
     PURPOSE_PAIRWISE_MASK,
     SEED_BYTES,
     advertise_payload,
+    apply_masks,
     consistency_payload,
-    expand_mask,
     pair_key,
     public_bytes,
     ring_dtype,
@@ -370,12 +370,10 @@ class SecAggServer:
                 sk_shares.setdefault(s.owner_id, {})[x] = shamir.decode_share(s.share)
         u3 = frozenset(self._u3)
         total = self._sum
-        scratch = np.empty(self.vector_length, dtype=self.dtype)
+        masks: list[tuple[bytes, int]] = []
         for u in self._u3:
             seed = shamir.int_to_secret(shamir.combine(b_shares.get(u, {}), self.threshold))
-            np.subtract(
-                total, expand_mask(seed, self.vector_length, self.bits, out=scratch), out=total
-            )
+            masks.append((seed, -1))
         for u in sorted(self._u2 - u3):
             secret = shamir.int_to_secret(shamir.combine(sk_shares.get(u, {}), self.threshold))
             s_key = x25519_from_seed(secret)
@@ -390,11 +388,8 @@ class SecAggServer:
                     a=u,
                     b=v,
                 )
-                mask = expand_mask(seed, self.vector_length, self.bits, out=scratch)
-                if v < u:  # v added +mask for the pair (v, u)
-                    np.subtract(total, mask, out=total)
-                else:
-                    np.add(total, mask, out=total)
+                masks.append((seed, -1 if v < u else 1))  # v added +mask for the pair (v, u)
+        apply_masks(total, masks, self.bits)
         self.result = AggregationResult(
             vector=total, contributors=self._u3, survivors_by_phase=dict(self._survivors)
         )

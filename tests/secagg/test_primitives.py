@@ -16,7 +16,9 @@ from securefvpa.errors import ConfigError, ProtocolAbort
 from securefvpa.secagg.primitives import (
     PURPOSE_PAIRWISE_MASK,
     PURPOSE_SHARE_ENCRYPTION,
+    MASK_BLOCK_BYTES,
     advertise_payload,
+    apply_masks,
     expand_mask,
     keystream_uniform,
     open_sealed,
@@ -125,6 +127,37 @@ def test_mask_expansion_long_vectors_are_prefix_consistent_across_chunks():
 def test_mask_expansion_rejects_bad_arguments(seed, length, bits, out):
     with pytest.raises(ConfigError):
         expand_mask(seed, length, bits, out=out)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_streamed_mask_sum_equals_expanded_masks(bits):
+    """apply_masks walks the vector in cache blocks with open encryptors; it must produce
+    exactly the same ring sum as expanding every mask in full (ragged last block included)."""
+    n = 3 * (MASK_BLOCK_BYTES // (bits // 8)) + 7
+    dtype = np.uint32 if bits == 32 else np.uint64
+    masks = [(bytes([i]) * 32, 1 if i % 3 else -1) for i in range(1, 6)]
+    start = np.arange(n, dtype=dtype)
+    want = start.copy()
+    for seed, sign in masks:
+        m = expand_mask(seed, n, bits)
+        want = want + m if sign == 1 else want - m
+    got = apply_masks(start.copy(), masks, bits)
+    assert np.array_equal(got, want)
+    assert np.array_equal(apply_masks(start.copy(), [], bits), start)
+
+
+@pytest.mark.parametrize(
+    "total, masks",
+    [
+        (np.zeros(4, dtype=np.uint64), [(b"\x00" * 32, 1)]),  # wrong ring dtype for 32 bits
+        (np.zeros((2, 2), dtype=np.uint32), [(b"\x00" * 32, 1)]),
+        (np.zeros(4, dtype=np.uint32), [(b"\x00" * 31, 1)]),
+        (np.zeros(4, dtype=np.uint32), [(b"\x00" * 32, 2)]),
+    ],
+)
+def test_streamed_mask_sum_rejects_bad_arguments(total, masks):
+    with pytest.raises(ConfigError):
+        apply_masks(total, masks, 32)
 
 
 def test_keystream_uniform_in_unit_interval():

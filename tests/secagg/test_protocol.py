@@ -173,7 +173,7 @@ def test_server_rejects_malicious_client_replies_and_still_finishes():
                     round_id=msg.round_id,
                     node_id=bad,
                     bits=32,
-                    vector=msg.vector + b"\x00" * 4,
+                    vector=bytes(msg.vector) + b"\x00" * 4,
                 ).to_bytes()
             assert server.receive(node, reply) is (
                 node != bad or server.phase is not ServerPhase.MASKED_INPUT
