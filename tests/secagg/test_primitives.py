@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from securefvpa.errors import ConfigError, ProtocolAbort
 from securefvpa.secagg.primitives import (
+    MASK_BLOCK_BYTES,
     PURPOSE_PAIRWISE_MASK,
     PURPOSE_SHARE_ENCRYPTION,
-    MASK_BLOCK_BYTES,
     advertise_payload,
     apply_masks,
     expand_mask,
@@ -138,9 +138,9 @@ def test_streamed_mask_sum_equals_expanded_masks(bits):
     masks = [(bytes([i]) * 32, 1 if i % 3 else -1) for i in range(1, 6)]
     start = np.arange(n, dtype=dtype)
     want = start.copy()
-    for seed, sign in masks:
+    for seed, sgn in masks:
         m = expand_mask(seed, n, bits)
-        want = want + m if sign == 1 else want - m
+        want = want + m if sgn == 1 else want - m
     got = apply_masks(start.copy(), masks, bits)
     assert np.array_equal(got, want)
     assert np.array_equal(apply_masks(start.copy(), [], bits), start)
