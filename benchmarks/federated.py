@@ -55,7 +55,11 @@ def config(
     fraction: float,
     local_steps: int,
     name: str = "run",
+    opt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One run's config. ``opt``: ``server_optimizer``, ``server_lr``, ``client_optimizer``,
+    ``client_lr`` (default: FedAvg with local Adam at lr 0.01)."""
+    opt = opt or {}
     setting = dict(setting)
     fed_extra = setting.pop("federation", {})
     cfg = {
@@ -64,7 +68,10 @@ def config(
         "data": setting | {"unseen_share": 0.2},
         "embedding": {"cache_dir": CACHE},
         "model": {"kind": model},
-        "train": {"lr": 0.01},
+        "train": {
+            "lr": opt.get("client_lr", 0.01),
+            "optimizer": opt.get("client_optimizer", "adam"),
+        },
         "federation": {
             "mode": "simulation",
             "rounds": rounds,
@@ -73,6 +80,8 @@ def config(
             "min_fit_clients": 2,
             "eval_every": rounds,
             "round_timeout_s": 600.0,
+            "server_optimizer": opt.get("server_optimizer", "fedavg"),
+            "server_lr": opt.get("server_lr", 1.0),
         },
     }
     cfg["federation"].update(fed_extra)
@@ -127,7 +136,10 @@ def accuracy_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 upc = setting.get("federation", {}).get("users_per_client", 1)
                 fraction = min(1.0, 60 / (0.8 * setting["users"] / upc))
                 m = run_one(
-                    config(setting, model, seed, args.rounds, fraction, args.local_steps, name),
+                    config(
+                        setting, model, seed, args.rounds, fraction, args.local_steps, name,
+                        optimizer_options(args),
+                    ),
                     work,
                 )
                 rounds = m["rounds"]
@@ -184,6 +196,15 @@ def accuracy_section(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"accuracy_partial": out}, indent=2))  # survive a crash
     return out
+
+
+def optimizer_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "server_optimizer": args.server_optimizer,
+        "server_lr": args.server_lr,
+        "client_optimizer": args.client_optimizer,
+        "client_lr": args.client_lr,
+    }
 
 
 def print_accuracy_table(name: str, res: dict[str, Any]) -> None:
@@ -243,9 +264,23 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--local-steps", type=int, default=10)
+    p.add_argument("--server-optimizer", choices=["fedavg", "fedadam"], default="fedavg")
+    p.add_argument("--server-lr", type=float, default=1.0)
+    p.add_argument("--client-optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--client-lr", type=float, default=0.01)
+    p.add_argument(
+        "--fedadam",
+        action="store_true",
+        help="the setting that avoids client drift: FedAdam (server lr 0.01), local SGD at lr "
+        "1.0, 2 local steps, 150 rounds",
+    )
     p.add_argument("--quick", action="store_true", help="synth-16 only, 1 seed, 5 rounds")
     p.add_argument("--out", type=Path, default=RESULTS / "federated.json")
     args = p.parse_args()
+    if args.fedadam:
+        args.server_optimizer, args.server_lr = "fedadam", 0.01
+        args.client_optimizer, args.client_lr = "sgd", 1.0
+        args.local_steps, args.rounds = 2, 150
     if args.quick:
         args.settings, args.seeds, args.rounds = "synth-16", 1, 5
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -31,6 +31,7 @@ ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
 Conditioning = Literal["mixture-heads", "film", "concat"]
 FederationMode = Literal["central", "simulation", "deployment"]
 TypeMix = Literal["pure", "mixed"]
+ServerOptimizer = Literal["fedavg", "fedadam"]
 AccountantKind = Literal["pld", "rdp"]
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
@@ -186,9 +187,38 @@ class FederationConfig:
     round_timeout_s: float = 300.0
     superlink: str = ""  # deployment: name of a connection in $FLWR_HOME/config.toml
     num_cpus_per_client: float = 1.0
+    # Server step on the weighted mean update (securefvpa.fl.server_opt): "fedavg" adds
+    # server_lr * mean; "fedadam" is Reddi et al. (2021) Adam with betas and tau below.
+    server_optimizer: ServerOptimizer = "fedavg"
+    server_lr: float = 1.0
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
 
     def validate(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", self.rounds, "be >= 1")
+        _check(
+            self.server_optimizer in ("fedavg", "fedadam"),
+            "federation.server_optimizer",
+            self.server_optimizer,
+            "be 'fedavg' or 'fedadam'",
+        )
+        _check(
+            0.0 < self.server_lr <= 10.0, "federation.server_lr", self.server_lr, "be in (0, 10]"
+        )
+        _check(
+            0.0 <= self.server_beta1 < 1.0,
+            "federation.server_beta1",
+            self.server_beta1,
+            "be in [0, 1)",
+        )
+        _check(
+            0.0 <= self.server_beta2 < 1.0,
+            "federation.server_beta2",
+            self.server_beta2,
+            "be in [0, 1)",
+        )
+        _check(self.server_tau > 0.0, "federation.server_tau", self.server_tau, "be > 0")
         _check(
             self.users_per_client >= 1,
             "federation.users_per_client",
@@ -312,8 +342,15 @@ class RunConfig:
 
     def validate(self) -> None:
         _check(0 <= self.seed < 2**63, "seed", self.seed, "be in [0, 2**63)")
-        for section in (self.data, self.embedding, self.model, self.train, self.federation,
-                        self.privacy, self.secagg):
+        for section in (
+            self.data,
+            self.embedding,
+            self.model,
+            self.train,
+            self.federation,
+            self.privacy,
+            self.secagg,
+        ):
             section.validate()
         if self.secagg.enabled and self.federation.mode == "central":
             raise ConfigError(

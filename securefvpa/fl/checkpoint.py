@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from securefvpa.errors import FederationError
+from securefvpa.fl.server_opt import ServerOptState
 from securefvpa.fsutil import atomic_write
 
-CHECKPOINT_SCHEMA = 1
+CHECKPOINT_SCHEMA = 2  # 2: server optimiser state (step, m, v)
 CHECKPOINT_NAME = "server_state.npz"
 
 
@@ -32,6 +33,7 @@ class ServerState:
     config_hash: str
     exhausted: set[int] = field(default_factory=set)  # partition ids that declined (budget)
     history: list[dict[str, Any]] = field(default_factory=list)  # per-round metrics
+    opt: ServerOptState = field(default_factory=ServerOptState)  # FedAdam moments
 
 
 def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
@@ -43,8 +45,13 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
         "exhausted": sorted(state.exhausted),
         "history": state.history,
         "param_names": list(state.params),
+        "opt_step": state.opt.step,
+        "opt_names": list(state.opt.m),
     }
     arrays = {f"p{i}": np.asarray(v) for i, v in enumerate(state.params.values())}
+    for i, name in enumerate(state.opt.m):
+        arrays[f"m{i}"] = state.opt.m[name]
+        arrays[f"v{i}"] = state.opt.v[name]
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     path = atomic_write(run_dir / CHECKPOINT_NAME, lambda fh: np.savez(fh, **arrays))
     dir_fd = os.open(run_dir, os.O_RDONLY)
@@ -64,6 +71,12 @@ def load_checkpoint(run_dir: Path, *, config_hash: str) -> ServerState | None:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode("utf-8"))
             params = {name: z[f"p{i}"].copy() for i, name in enumerate(meta["param_names"])}
+            names = meta.get("opt_names", [])
+            opt = ServerOptState(
+                step=int(meta.get("opt_step", 0)),
+                m={name: z[f"m{i}"].copy() for i, name in enumerate(names)},
+                v={name: z[f"v{i}"].copy() for i, name in enumerate(names)},
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise FederationError(f"checkpoint {str(path)!r} is unreadable: {exc}") from exc
     if meta.get("schema") != CHECKPOINT_SCHEMA:
@@ -81,4 +94,5 @@ def load_checkpoint(run_dir: Path, *, config_hash: str) -> ServerState | None:
         config_hash=meta["config_hash"],
         exhausted=set(meta["exhausted"]),
         history=list(meta["history"]),
+        opt=opt,
     )

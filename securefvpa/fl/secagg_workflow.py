@@ -111,9 +111,8 @@ def secure_fedavg(
     result = server.result
     contributors = sorted(result.contributors)
     mean = decode_weighted_mean(result.vector, spec, len(contributors))
-    delta = unflatten(mean, params)
-    out.new_params = {
-        k: (params[k].astype(np.float64) + delta[k]).astype(params[k].dtype) for k in params
+    out.mean_update = {
+        k: np.asarray(v, dtype=np.float64) for k, v in unflatten(mean, params).items()
     }
     out.trained = contributors
     out.failed += [p for p in node_of if p not in contributors]

@@ -7,9 +7,10 @@ One round:
 2. send them the global parameters; each trains locally (DP-SGD when ``privacy.enabled``) and
    returns ``num_examples * (theta_local - theta_global)`` — in the clear, or masked through
    secure aggregation so the server learns only the sum;
-3. ``theta += sum(w_i * delta_i) / sum(w_i)`` — weighted FedAvg of every shared parameter,
-   including the mixture prior's prototypes, log-variances and mixture logits (the prior's
-   summary statistics, aggregated as in FedVPA-GP);
+3. the weighted mean update ``Delta = sum(w_i * delta_i) / sum(w_i)`` of every shared parameter,
+   including the mixture prior's prototypes, log-variances and mixture logits, is applied by
+   the server optimiser (``federation.server_optimizer``: FedAvg ``theta += server_lr * Delta``,
+   or FedAdam, :mod:`securefvpa.fl.server_opt`);
 4. every ``eval_every`` rounds, evaluate on the held-out pairs of training clients and on unseen
    clients, which only infer z from their own context pairs;
 5. checkpoint atomically.
@@ -45,6 +46,7 @@ from securefvpa.fl.messages import (
     make_content,
     record_to_arrays,
 )
+from securefvpa.fl.server_opt import server_step
 
 log = logging.getLogger("securefvpa.fl")
 
@@ -59,7 +61,7 @@ class NodeInfo:
 
 @dataclass
 class RoundOutcome:
-    new_params: dict[str, np.ndarray] | None
+    mean_update: dict[str, np.ndarray] | None  # weighted mean of the clients' deltas (float64)
     trained: list[int] = field(default_factory=list)  # partition ids whose update was summed
     declined: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
@@ -191,7 +193,7 @@ def train_and_collect(
     their message), declined (budget), and failed (error, unknown status, or no reply)."""
     replies = loop.send([loop.message(n, "train", content) for n in sampled])
     by_node = {n.node_id: n for n in sampled}
-    out = RoundOutcome(new_params=None)
+    out = RoundOutcome(mean_update=None)
     ok: list[tuple[NodeInfo, Message]] = []
     losses: list[float] = []
     eps: list[float] = []
@@ -251,7 +253,7 @@ def plain_fedavg(
         total_w += w
         out.trained.append(node.partition_id)
     if out.trained:
-        out.new_params = {k: (params[k] + acc[k] / total_w).astype(params[k].dtype) for k in params}
+        out.mean_update = {k: acc[k] / total_w for k in params}
     return out
 
 
@@ -333,8 +335,8 @@ def run_server(
                     f"update (failed: {outcome.failed}, declined: {outcome.declined}); "
                     f"federation.min_fit_clients is {fed.min_fit_clients}. The checkpoint keeps round {state.round}."
                 )
-        elif outcome.new_params is not None:
-            state.params = outcome.new_params
+        elif outcome.mean_update is not None:
+            state.params = server_step(fed, state.params, outcome.mean_update, state.opt)
         entry: dict[str, Any] = {
             "round": rnd,
             "clients": len(outcome.trained),

@@ -102,7 +102,19 @@ def _checkpoint_round(path) -> int:
 
 
 def test_resume_after_kill_reaches_same_parameters(tmp_path, fed_config, write_config):
-    cfg = write_config(fed_config(federation={"rounds": 4, "local_steps": 4}))
+    # FedAdam, the harder case: its moments must come back from the checkpoint too (FedAvg
+    # is stateless), or the resumed run's parameters differ.
+    cfg = write_config(
+        fed_config(
+            federation={
+                "rounds": 4,
+                "local_steps": 4,
+                "server_optimizer": "fedadam",
+                "server_lr": 0.01,
+            },
+            train={"optimizer": "sgd", "lr": 0.5},
+        )
+    )
     full = tmp_path / "full"
     run(cfg, full)
     killed = tmp_path / "killed"
