@@ -330,13 +330,17 @@ def choose_degree(n: int, dropout: float) -> tuple[int, float]:
     return (0 if k == 0 else max(k, default_degree(n))), fraction
 
 
-def flower_rounds(clients: tuple[int, ...], rounds: int) -> dict[str, Any]:
+def flower_rounds(
+    clients: tuple[int, ...], rounds: int, *, hidden: int = 64, local_steps: int = 5
+) -> dict[str, Any]:
     """Whole federated rounds on Flower's simulation engine, plaintext vs secure aggregation.
 
-    Same config, data and seed; FedVPA-GP (~66k parameters), 1 user per client, every client
-    trains 5 local steps per round. A round's wall time includes local training, Flower's
-    messaging (secure aggregation adds five request/reply exchanges) and the server's work.
-    The first round (Ray start-up) is excluded.
+    Same config, data and seed; FedVPA-GP with ``hidden`` units (64: ~66k parameters; 464:
+    ~1.02 * 10^6), 1 user per client, every client trains ``local_steps`` local steps per round.
+    A round's wall time includes local training, Flower's messaging (secure aggregation adds
+    five request/reply exchanges) and the server's work. On this 2-core machine the simulated
+    clients share two CPUs, so their work adds up instead of running in parallel as it would
+    on separate devices. The first two rounds (Ray start-up, warm-up) are excluded.
     """
     import tempfile
 
@@ -352,43 +356,85 @@ def flower_rounds(clients: tuple[int, ...], rounds: int) -> dict[str, Any]:
             for secure in (False, True):
                 cfg = {
                     "seed": 0,
-                    "data": {"source": "synth", "users": n, "pairs_per_user": 16, "unseen_share": 0.0},
+                    "data": {
+                        "source": "synth",
+                        "users": n,
+                        "pairs_per_user": 16,
+                        "unseen_share": 0.0,
+                    },
                     "embedding": {"cache_dir": cache},
-                    "federation": {"mode": "simulation", "rounds": rounds, "local_steps": 5,
-                                   "eval_every": 1000, "min_fit_clients": 3},
+                    "model": {"hidden": hidden},
+                    "federation": {
+                        "mode": "simulation",
+                        "rounds": rounds,
+                        "local_steps": local_steps,
+                        "eval_every": 1000,
+                        "min_fit_clients": 3,
+                        "round_timeout_s": 1800.0,
+                    },
                     "secagg": {"enabled": secure},
                 }
                 name = f"n{n}-{'secure' if secure else 'plain'}"
                 path = Path(tmp) / f"{name}.toml"
                 path.write_text(tomli_w.dumps(cfg))
                 m = run(path, Path(tmp) / name)
-                later = [r for r in m["rounds"][2:]]
+                later = list(m["rounds"][3:])  # round 0 is the initial evaluation
                 row[name.split("-")[1]] = {
+                    "round_seconds": [r["wall_seconds"] for r in later],
                     "round_seconds_median": float(np.median([r["wall_seconds"] for r in later])),
-                    "protocol_seconds_median": float(np.median(
-                        [r["secagg"]["protocol_seconds"] for r in later])) if secure else None,
+                    "protocol_seconds_median": float(
+                        np.median([r["secagg"]["protocol_seconds"] for r in later])
+                    )
+                    if secure
+                    else None,
                 }
-            row["ratio"] = row["secure"]["round_seconds_median"] / row["plain"]["round_seconds_median"]
+                if secure:
+                    row["parameters"] = _count_params(Path(tmp) / name / "final_params.npz")
+            row["ratio"] = (
+                row["secure"]["round_seconds_median"] / row["plain"]["round_seconds_median"]
+            )
             out[str(n)] = row
-    print("\nWhole Flower rounds (simulation, FedVPA-GP ~66k parameters, 5 local steps)")
+    print(
+        f"\nWhole Flower rounds (simulation, FedVPA-GP hidden={hidden}, "
+        f"{next(iter(out.values()))['parameters']} parameters, {local_steps} local steps)"
+    )
     print(f"{'clients':>8s} {'plain s':>8s} {'secure s':>9s} {'protocol s':>11s} {'ratio':>6s}")
     for n, row in out.items():
-        print(f"{n:>8s} {row['plain']['round_seconds_median']:8.2f} "
-              f"{row['secure']['round_seconds_median']:9.2f} "
-              f"{row['secure']['protocol_seconds_median']:11.2f} {row['ratio']:6.2f}")
+        print(
+            f"{n:>8s} {row['plain']['round_seconds_median']:8.2f} "
+            f"{row['secure']['round_seconds_median']:9.2f} "
+            f"{row['secure']['protocol_seconds_median']:11.2f} {row['ratio']:6.2f}"
+        )
     return out
+
+
+def _count_params(path: Path) -> int:
+    with np.load(path) as z:
+        return int(sum(z[k].size for k in z.files))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small subset (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--flower", action="store_true",
-                        help="only whole Flower rounds, plaintext vs secure (10 and 50 clients)")
+    parser.add_argument(
+        "--flower",
+        action="store_true",
+        help="only whole Flower rounds, plaintext vs secure (10 and 50 clients, ~66k parameters)",
+    )
+    parser.add_argument(
+        "--flower-large",
+        action="store_true",
+        help="only whole Flower rounds at d ~ 10^6 (hidden 464; 20 and 100 clients)",
+    )
     args = parser.parse_args(argv)
-    if args.flower:
-        result = {"flower_rounds": flower_rounds((10, 50), rounds=4)}
-        path = args.out.with_name("secagg_flower.json")
+    if args.flower or args.flower_large:
+        if args.flower_large:
+            result = {"flower_rounds": flower_rounds((20, 100), rounds=5, hidden=464)}
+            path = args.out.with_name("secagg_flower_1e6.json")
+        else:
+            result = {"flower_rounds": flower_rounds((10, 50), rounds=5)}
+            path = args.out.with_name("secagg_flower.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")

@@ -141,12 +141,14 @@ def _protocol_stage(msg: Message, context: Context) -> Message:
     payload = config_value(cfg_rec, "secagg-payload", bytes)
     if UPDATE_KEY not in context.state.array_records:
         raise ProtocolAbort("no local update for this round: the train stage did not run here")
-    delta = record_to_arrays(context.state.array_records[UPDATE_KEY])
+    update = context.state.array_records[UPDATE_KEY]
     weight = int(context.state.config_records[WEIGHT_KEY]["weight"])
     manifest = read_manifest(run_dir)
-    vector = flatten(delta)
+    # The policy needs only the length; the update itself is read and flattened (megabytes at
+    # d = 10^6) only for the masked-input request.
+    length = sum(int(np.prod(a.shape)) for a in update.values())
     identity, roster = _identity_and_roster(context, run_dir, part.partition_id)
-    policy = _policy(cfg, manifest, vector.size + 1)
+    policy = _policy(cfg, manifest, length + 1)
     try:
         if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
             sid = config_value(cfg_rec, "secagg-session", str)
@@ -174,6 +176,7 @@ def _protocol_stage(msg: Message, context: Context) -> Message:
             )
         x = None
         if client.needs_input:
+            vector = flatten(record_to_arrays(update))
             x = encode(vector, fixed_point_spec(cfg, manifest), weight=weight)
         out = client.handle(payload, input_vector=x)
     except ProtocolAbort:
