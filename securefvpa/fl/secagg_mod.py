@@ -125,7 +125,11 @@ def _train_stage(msg: Message, context: Context, call_next: ClientAppCallable) -
     if rec.get("status") == STATUS_OK:
         weighted = record_to_arrays(get_record(reply.content, "arrays", "arrays"))
         w = int(rec["num-examples"])
-        delta = {k: np.asarray(v, dtype=np.float64) / w for k, v in weighted.items()}
+        # Kept as float32 (the parameters' own precision; the relative rounding, 6e-8, is far
+        # below the fixed-point step): the node state travels with every protocol message.
+        delta = {
+            k: (np.asarray(v, dtype=np.float64) / w).astype(np.float32) for k, v in weighted.items()
+        }
         context.state.array_records[UPDATE_KEY] = arrays_to_record(delta)
         context.state.config_records[WEIGHT_KEY] = ConfigRecord({"weight": w})
     return Message(make_content(reply=rec), reply_to=msg)
