@@ -49,8 +49,10 @@ def test_jsonl_source_matches_synth(cache: Path, tmp_path: Path) -> None:
     recs = synth.generate(users=8, pairs_per_user=4, types=2, controversial_share=0.5, seed=0)
     path = tmp_path / "r.jsonl"
     write_records(path, recs)
-    pairs, _, info = load_dataset(_cfg(cache, source="jsonl", path=str(path)))
+    # The synth load warms the cache first: under pytest-xdist this test may run on a worker
+    # where no earlier test of this module has filled the module-scoped cache.
     ref, _, _ = load_dataset(_cfg(cache))
+    pairs, _, info = load_dataset(_cfg(cache, source="jsonl", path=str(path)))
     assert info["source"] == "jsonl" and info["cache_misses"] == 0
     np.testing.assert_array_equal(pairs.rejected, ref.rejected)
     assert pairs.pair_ids == ref.pair_ids
