@@ -57,8 +57,8 @@ def config(
     name: str = "run",
     opt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One run's config. ``opt``: ``server_optimizer``, ``server_lr``, ``client_optimizer``,
-    ``client_lr`` (default: FedAvg with local Adam at lr 0.01)."""
+    """One run's config. ``opt``: ``server_optimizer``, ``server_lr``, ``server_tau``,
+    ``client_optimizer``, ``client_lr`` (default: FedAvg with local Adam at lr 0.01)."""
     opt = opt or {}
     setting = dict(setting)
     fed_extra = setting.pop("federation", {})
@@ -82,6 +82,7 @@ def config(
             "round_timeout_s": 600.0,
             "server_optimizer": opt.get("server_optimizer", "fedavg"),
             "server_lr": opt.get("server_lr", 1.0),
+            "server_tau": opt.get("server_tau", 1e-8),
         },
     }
     cfg["federation"].update(fed_extra)
@@ -204,6 +205,7 @@ def optimizer_options(args: argparse.Namespace) -> dict[str, Any]:
         "server_lr": args.server_lr,
         "client_optimizer": args.client_optimizer,
         "client_lr": args.client_lr,
+        "server_tau": args.server_tau,
     }
 
 
@@ -266,6 +268,7 @@ def main() -> None:
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--server-optimizer", choices=["fedavg", "fedadam"], default="fedavg")
     p.add_argument("--server-lr", type=float, default=1.0)
+    p.add_argument("--server-tau", type=float, default=1e-8, help="FedAdam's epsilon")
     p.add_argument("--client-optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--client-lr", type=float, default=0.01)
     p.add_argument(
