@@ -7,7 +7,7 @@ Each row trains on the same generated users (one single-type user per client, 60
 round) with a different server/client optimiser pair, then evaluates seen and unseen users and
 the MI (bits) between the inferred latent cell and the true type. For speed the rounds run
 in-process instead of through Flower: the same client code (``local_train_round``,
-``local_evaluate``), the same seeded client sampling as ``ServerLoop.sample``, the same
+``local_evaluate``), the same seeded client sampling (``sample_indices``), the same
 ``server_step`` and the same metrics — only Flower's messaging is left out. The Flower runs of
 the winning recipe are in ``benchmarks/federated.py --fedadam``.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from securefvpa.data.load import load_dataset  # noqa: E402
 from securefvpa.fl.driver import initial_parameters  # noqa: E402
 from securefvpa.fl.evaluation import combine_eval_replies  # noqa: E402
 from securefvpa.fl.partition import make_partitions  # noqa: E402
+from securefvpa.fl.server_app import sample_indices  # noqa: E402
 from securefvpa.fl.server_opt import ServerOptState, server_step  # noqa: E402
 from securefvpa.train.client import local_evaluate, local_train_round  # noqa: E402
 
@@ -81,15 +81,10 @@ def run_recipe(
         state = ServerOptState()
         t0 = time.perf_counter()
         for rnd in range(1, rounds + 1):
-            k = min(
-                len(train), max(cfg.federation.min_fit_clients, math.ceil(fraction * len(train)))
-            )
-            picked = np.random.default_rng([cfg.seed, rnd, 0x5A]).choice(
-                len(train), size=k, replace=False
-            )
+            picked = sample_indices(len(train), cfg.federation, cfg.seed, rnd)
             acc = {n: np.zeros(v.shape, dtype=np.float64) for n, v in params.items()}
             total = 0
-            for i in sorted(picked):
+            for i in picked:
                 r = local_train_round(cfg, train[i], params, rnd=rnd, run_dir=work)
                 for n in acc:
                     acc[n] += r.num_examples * r.delta[n]

@@ -35,7 +35,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from securefvpa.config import RunConfig, config_hash, dump_config, load_config
+from securefvpa.config import FederationConfig, RunConfig, config_hash, dump_config, load_config
 from securefvpa.errors import FederationError
 from securefvpa.fl.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from securefvpa.fl.messages import (
@@ -84,6 +84,15 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
     raise FederationError(
         f"only {len(nodes)} of {n} expected client nodes connected within {timeout:.0f} s"
     )
+
+
+def sample_indices(n_eligible: int, fed: FederationConfig, seed: int, rnd: int) -> list[int]:
+    """Sorted indices of round ``rnd``'s training clients among ``n_eligible``: a share
+    ``fed.fraction_fit`` (at least ``fed.min_fit_clients``), drawn by a generator seeded by
+    (seed, round) so that a resumed run samples exactly as an uninterrupted one."""
+    k = min(n_eligible, max(fed.min_fit_clients, math.ceil(fed.fraction_fit * n_eligible)))
+    rng = np.random.default_rng([seed, rnd, 0x5A])
+    return sorted(int(i) for i in rng.choice(n_eligible, size=k, replace=False))
 
 
 class ServerLoop:
@@ -157,12 +166,7 @@ class ServerLoop:
         eligible = [n for n in self.nodes if n.role == "train" and n.partition_id not in exhausted]
         if len(eligible) < fed.min_fit_clients:
             return []
-        k = min(
-            len(eligible), max(fed.min_fit_clients, math.ceil(fed.fraction_fit * len(eligible)))
-        )
-        rng = np.random.default_rng([self.cfg.seed, rnd, 0x5A])
-        picked = rng.choice(len(eligible), size=k, replace=False)
-        return [eligible[i] for i in sorted(picked)]
+        return [eligible[i] for i in sample_indices(len(eligible), fed, self.cfg.seed, rnd)]
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
