@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -123,14 +123,20 @@ def pair_key(
     return derive_pair_key(agree(private, peer_public), context=context, purpose=purpose, a=a, b=b)
 
 
+def _mask_keystream(seed: bytes) -> CipherContext:
+    """The PRG behind every mask: AES-256-CTR under ``seed``, counter block 0 (a checked seed)."""
+    if len(seed) != SEED_BYTES:
+        raise ConfigError(f"mask seed must be {SEED_BYTES} bytes. Found {len(seed)} bytes.")
+    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+
+
 def expand_mask(seed: bytes, length: int, bits: int, out: np.ndarray | None = None) -> np.ndarray:
     """PRG: ``length`` elements of Z_{2^bits} from the AES-256-CTR keystream under ``seed``.
 
     The keystream is written straight into the output buffer (``update_into``), so the cost is
     one AES pass; pass ``out`` (a C-contiguous array of the ring dtype) to reuse memory.
     """
-    if len(seed) != SEED_BYTES:
-        raise ConfigError(f"mask seed must be {SEED_BYTES} bytes. Found {len(seed)} bytes.")
+    encryptor = _mask_keystream(seed)
     dtype = ring_dtype(bits)
     if out is None:
         out = np.empty(length, dtype=dtype)
@@ -139,7 +145,6 @@ def expand_mask(seed: bytes, length: int, bits: int, out: np.ndarray | None = No
             f"mask buffer must be a contiguous {np.dtype(dtype).name} array of shape ({length},)."
             f" Found {out.dtype} {out.shape}."
         )
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
     view = out.data.cast("B")
     total = view.nbytes
     chunk = len(_ZERO_CHUNK)
@@ -173,11 +178,9 @@ def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int
         )
     ops = []
     for seed, sign in masks:
-        if len(seed) != SEED_BYTES:
-            raise ConfigError(f"mask seed must be {SEED_BYTES} bytes. Found {len(seed)} bytes.")
+        encryptor = _mask_keystream(seed)
         if sign not in (1, -1):
             raise ConfigError(f"mask sign must be +1 or -1. Found {sign!r}.")
-        encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
         ops.append((encryptor, np.add if sign == 1 else np.subtract))
     if not ops:
         return total
