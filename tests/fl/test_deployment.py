@@ -73,24 +73,27 @@ def _env() -> dict[str, str]:
     return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _launch_argv(run_dir: Path, timeout: int, *extra: str) -> list[str]:
+    """The launcher's command line for ``CONFIG`` into ``run_dir``, plus ``extra`` options."""
+    return [
+        sys.executable,
+        str(LAUNCHER),
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(run_dir),
+        "--timeout",
+        str(timeout),
+        *extra,
+    ]
+
+
 def test_deployment_run_with_tls_and_supernode_auth(tmp_path):
     run_dir = tmp_path / "deploy"
     pyproject = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(LAUNCHER),
-            "--config",
-            str(CONFIG),
-            "--out",
-            str(run_dir),
-            "--supernodes",
-            "2",
-            "--timeout",
-            "150",
-            "--node-data",
-        ],
+        _launch_argv(run_dir, 150, "--supernodes", "2", "--node-data"),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -225,16 +228,7 @@ def test_sigterm_mid_run_leaves_no_process(tmp_path):
     """The launcher killed while SuperNodes run stops everything it started, Flower's included."""
     run_dir = tmp_path / "deploy"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(LAUNCHER),
-            "--config",
-            str(CONFIG),
-            "--out",
-            str(run_dir),
-            "--timeout",
-            "150",
-        ],
+        _launch_argv(run_dir, 150),
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -267,22 +261,16 @@ def test_deployment_with_secure_aggregation(tmp_path):
     process: the protocol state must survive in the node's state between its five phases."""
     run_dir = tmp_path / "deploy-secagg"
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(LAUNCHER),
-            "--config",
-            str(CONFIG),
-            "--out",
-            str(run_dir),
-            "--timeout",
-            "240",
+        _launch_argv(
+            run_dir,
+            240,
             "--set",
             "data.users=12",
             "--set",
             "secagg.enabled=true",
             "--set",
             "federation.min_fit_clients=3",
-        ],
+        ),
         cwd=REPO,
         env=_env(),
         capture_output=True,
