@@ -20,8 +20,9 @@ latent useful (the posterior collapses). A few local SGD steps plus a server-sid
 like central Adam over large mixed batches, where the latent does learn the user types
 (``benchmarks/federated.py``; numbers in the README).
 
-Post-processing only: it reads the aggregate, so DP guarantees and secure aggregation are
-unaffected. Imports neither torch nor flwr.
+Post-processing only: ``server_step`` is a function of the aggregate and its own state alone
+(``tests/fl/test_server_opt.py`` drives it with nothing else), so DP guarantees and secure
+aggregation are unaffected. Imports neither torch nor flwr.
 """
 
 from __future__ import annotations

@@ -164,7 +164,8 @@ def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int
     """``total += sum(sign * expand_mask(seed))`` in Z_{2^bits}, in place, for ``(seed, sign)``
     pairs with sign +1 or -1; returns ``total``.
 
-    Same keystreams as :func:`expand_mask` (a test checks equality), but streamed: every mask's
+    Same keystreams as :func:`expand_mask` (``tests/secagg/test_primitives.py::
+    test_streamed_mask_sum_equals_expanded_masks``), but streamed: every mask's
     AES-256-CTR encryptor stays open and the vector is walked in cache-sized blocks, so each
     block of keystream is added while it is still in cache instead of being written to a full
     d-length scratch vector and read back (numpy and cryptography have no fused "add keystream"
