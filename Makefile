@@ -10,6 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export SECUREFVPA_HH_RLHF_DIR ?= $(abspath ../shared/data/relabeled_hh_rlhf)
+export SECUREFVPA_POLIS_DIR ?= $(abspath ../shared/data/polis)
 
 .PHONY: venv demo test lint bench clean
 

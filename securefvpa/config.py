@@ -26,7 +26,7 @@ import tomli_w
 
 from securefvpa.errors import ConfigError
 
-DataSource = Literal["synth", "hh_rlhf", "jsonl"]
+DataSource = Literal["synth", "hh_rlhf", "jsonl", "polis"]
 ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
 Conditioning = Literal["mixture-heads", "film", "concat"]
 FederationMode = Literal["central", "simulation", "deployment"]
@@ -36,6 +36,7 @@ AccountantKind = Literal["pld", "rdp"]
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
 HH_RLHF_ENV = "SECUREFVPA_HH_RLHF_DIR"
+POLIS_ENV = "SECUREFVPA_POLIS_DIR"
 
 
 def _check(cond: bool, key: str, value: object, must: str) -> None:
@@ -48,15 +49,16 @@ class DataConfig:
     """Where preference pairs come from and how they are split into simulated users."""
 
     source: DataSource = "synth"
-    path: str = ""  # JSONL file of canonical records when source = "jsonl"
+    path: str = ""  # jsonl: the JSONL file; polis: the Polis folder (empty: $SECUREFVPA_POLIS_DIR)
     hh_rlhf_dir: str = ""  # empty: $SECUREFVPA_HH_RLHF_DIR
-    users: int = 120  # synth: number of users to generate; hh_rlhf: 0 = as many as the data allows
+    users: int = 120  # synth: users to generate; hh_rlhf, polis: cap (0 = as many as the data allows)
     pairs_per_user: int = 16
     types: int = 2  # synth: number of user types
     controversial_share: float = 0.5  # synth: share of pairs on which types disagree
     heldout_pairs: int = 4  # per seen user, never trained on, used for seen-user accuracy
     unseen_share: float = 0.2  # share of users never trained on (evaluated from context only)
     max_pairs: int = 0  # hh_rlhf: cap on pairs read (0 = all)
+    conversations: tuple[str, ...] = ()  # polis: conversations to load (empty = all 11)
 
     def validate(self) -> None:
         _check(self.users >= 0, "data.users", self.users, "be >= 0")
@@ -85,6 +87,10 @@ class DataConfig:
         _check(self.max_pairs >= 0, "data.max_pairs", self.max_pairs, "be >= 0")
         if self.source == "jsonl":
             _check(bool(self.path), "data.path", self.path, "name a JSONL file when source='jsonl'")
+        if self.source == "polis" and self.conversations:
+            from securefvpa.data.polis import select_conversations  # numpy only, no torch
+
+            select_conversations(self.conversations)
 
     def resolved_hh_rlhf_dir(self) -> Path:
         raw = self.hh_rlhf_dir or os.environ.get(HH_RLHF_ENV, "")
@@ -92,6 +98,15 @@ class DataConfig:
             raise ConfigError(
                 f"data.hh_rlhf_dir is empty and ${HH_RLHF_ENV} is not set; "
                 "point one of them at the relabeled_hh_rlhf folder."
+            )
+        return Path(raw)
+
+    def resolved_polis_dir(self) -> Path:
+        raw = self.path or os.environ.get(POLIS_ENV, "")
+        if not raw:
+            raise ConfigError(
+                f"data.path is empty and ${POLIS_ENV} is not set; "
+                "point one of them at the Polis data folder (one sub-folder per conversation)."
             )
         return Path(raw)
 
@@ -376,6 +391,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key} has the wrong type. Found {value!r}.")
+    if origin in (tuple, list):
+        return _coerce_array(key, value, tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table. Found {value!r}.")
@@ -399,6 +416,22 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key} must be a string. Found {value!r}.")
         return value
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _coerce_array(key: str, value: Any, tp: Any) -> tuple[Any, ...] | list[Any]:
+    """A TOML array for ``tuple[X, ...]``, ``tuple[X, Y]`` or ``list[X]``; items are checked
+    one by one and named ``key[i]``."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be an array. Found {value!r}.")
+    args = get_args(tp)
+    if get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be an array of {len(args)} items. Found {value!r}.")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if not args:
+        raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+    items = [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    return tuple(items) if get_origin(tp) is tuple else items
 
 
 def _from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:

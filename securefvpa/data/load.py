@@ -11,6 +11,7 @@ from securefvpa.data.dataset import EmbeddedPairs, UserSplit
 from securefvpa.data.embed import embed_records_with_stats
 from securefvpa.data.hh_rlhf import load_hh_rlhf_with_stats
 from securefvpa.data.jsonl import read_records
+from securefvpa.data.polis import conversation_of, load_polis_with_stats, users_by_conversation
 from securefvpa.data.records import PreferenceRecord
 from securefvpa.data.split import split_users
 from securefvpa.data.synth import generate
@@ -62,9 +63,22 @@ def build_records(cfg: RunConfig) -> tuple[list[PreferenceRecord], dict[str, Any
             info["hh_users_available"] = before
     elif d.source == "jsonl":
         records = read_records(d.path)
+    elif d.source == "polis":
+        # Every kept user has exactly pairs_per_user pairs (min_pairs = the cap): equal context
+        # per user, and no ungrouped participant has 16 pairs, so the oracle sees only typed users.
+        records, pst = load_polis_with_stats(d.resolved_polis_dir(),
+                                             pairs_per_user=d.pairs_per_user, seed=cfg.seed,
+                                             min_pairs=d.pairs_per_user,
+                                             conversations=d.conversations)
+        info.update(pst.as_info())
+        if d.users > 0:
+            before = len({r.user_id for r in records})
+            records = cap_users_balanced(records, d.users)
+            info["polis_users_available"] = before
     else:  # pragma: no cover - config validation rejects other values
         raise ConfigError(
-            f"data.source must be one of ['synth', 'hh_rlhf', 'jsonl']. Found {d.source!r}."
+            f"data.source must be one of ['synth', 'hh_rlhf', 'jsonl', 'polis']. "
+            f"Found {d.source!r}."
         )
     return records, info
 
@@ -74,15 +88,22 @@ def load_dataset(cfg: RunConfig) -> tuple[EmbeddedPairs, UserSplit, dict[str, An
 
     ``info`` holds: source, records, users, types, type_names, distinct_texts, cache_hits,
     cache_misses, model_loaded, embed_seconds, texts_per_s, model_id, the split's counts
-    (split_*), and for hh_rlhf the rows read/skipped/left over (hh_*).
+    (split_*), for hh_rlhf the rows read/skipped/left over (hh_*), and for polis the
+    participants read/grouped, users kept/dropped and unseen per conversation (polis_*).
     """
     t0 = time.perf_counter()
     records, info = build_records(cfg)
     e = cfg.embedding
     pairs, st = embed_records_with_stats(records, model_path=e.model_path, cache_dir=e.cache_dir,
                                          max_tokens=e.max_tokens, batch_size=e.batch_size)
+    # Polis: unseen users are drawn within each conversation (its prompt gives it away).
+    strata = ([conversation_of(u) for u in pairs.user_ids] if cfg.data.source == "polis"
+              else None)
     split = split_users(pairs, heldout_pairs=cfg.data.heldout_pairs,
-                        unseen_share=cfg.data.unseen_share, seed=cfg.seed)
+                        unseen_share=cfg.data.unseen_share, seed=cfg.seed, strata=strata)
+    if strata is not None:
+        info["polis_unseen_by_conversation"] = users_by_conversation(
+            pairs.user_ids, [d.user for d in split.unseen])
     info.update(
         records=pairs.n_pairs,
         users=len(pairs.user_ids),

@@ -3,7 +3,10 @@
 Every user keeps ``heldout_pairs`` of its pairs held out: never trained on, only scored. Unseen
 users are never trained on at all: their ``train_rows`` are the CONTEXT pairs from which a model
 infers the user's latent, their ``heldout_rows`` the pairs scored. Unseen users are drawn per user
-type (stratified, largest-remainder rounding so the total is ``round(unseen_share * users)``).
+type (stratified, largest-remainder rounding so the total is ``round(unseen_share * users)``);
+with ``strata`` (one label per user, e.g. the Polis conversation) per (label, type) cell, so that
+every label keeps about ``unseen_share`` unseen users. Without ``strata`` the results are exactly
+those of stratifying by type alone (the cells sort and draw as the types did).
 
 Determinism: the held-out rows of a user depend only on ``(seed, user)``, and the fold of a user in
 :func:`kfold_users` only on ``(seed, k)``, so rotating ``fold`` moves users between seen and unseen
@@ -11,6 +14,8 @@ without changing anyone's held-out pairs. Non-security randomness: numpy ``PCG64
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,6 +39,20 @@ def _users(pairs: EmbeddedPairs) -> tuple[list[int], dict[int, IntArray], dict[i
         ts = np.unique(pairs.type_index[rows[u]])
         types[u] = int(ts[0]) if len(ts) == 1 else -1  # mixed or unknown
     return present, rows, types
+
+
+Cell = tuple[str, int]  # (stratum label, type index); label "" without strata
+
+
+def _cells(pairs: EmbeddedPairs, present: list[int], types: dict[int, int],
+           strata: Sequence[str] | None) -> dict[int, Cell]:
+    if strata is None:
+        return {u: ("", types[u]) for u in present}
+    if len(strata) != len(pairs.user_ids):
+        raise DataError(
+            f"strata has {len(strata)} labels; it needs one per user ({len(pairs.user_ids)})"
+        )
+    return {u: (strata[u], types[u]) for u in present}
 
 
 def _heldout_split(
@@ -79,8 +98,8 @@ def _build(
     return UserSplit(seen=tuple(seen_d), unseen=tuple(unseen_d), seed=seed, meta=meta)
 
 
-def _largest_remainder(sizes: dict[int, int], share: float, total: int,
-                       rng: np.random.Generator) -> dict[int, int]:
+def _largest_remainder(sizes: dict[Cell, int], share: float, total: int,
+                       rng: np.random.Generator) -> dict[Cell, int]:
     quotas = {t: share * n for t, n in sizes.items()}
     alloc = {t: int(np.floor(q)) for t, q in quotas.items()}
     left = total - sum(alloc.values())
@@ -94,22 +113,25 @@ def _largest_remainder(sizes: dict[int, int], share: float, total: int,
 
 
 def split_users(
-    pairs: EmbeddedPairs, *, heldout_pairs: int, unseen_share: float, seed: int
+    pairs: EmbeddedPairs, *, heldout_pairs: int, unseen_share: float, seed: int,
+    strata: Sequence[str] | None = None,
 ) -> UserSplit:
     """Seen/unseen users and each user's held-out pairs (module docstring).
 
     ``round(unseen_share * users)`` users are unseen (at most ``users - 1``: at least one user
-    always trains), stratified by user type when types are known.
+    always trains), stratified by user type when types are known, and by ``strata[user]`` (a
+    label per entry of ``pairs.user_ids``) too when given.
     """
     _check_heldout(heldout_pairs)
     if not 0.0 <= unseen_share < 1.0:
         raise ConfigError(f"data.unseen_share must be in [0, 1). Found {unseen_share!r}.")
     present, _rows, types = _users(pairs)
+    cells = _cells(pairs, present, types, strata)
     n_unseen = min(round(unseen_share * len(present)), len(present) - 1)
     rng = _rng(seed, _UNSEEN_STREAM)
-    by_type: dict[int, list[int]] = {}
+    by_type: dict[Cell, list[int]] = {}
     for u in present:
-        by_type.setdefault(types[u], []).append(u)
+        by_type.setdefault(cells[u], []).append(u)
     alloc = _largest_remainder({t: len(us) for t, us in by_type.items()}, unseen_share,
                                n_unseen, rng)
     unseen: set[int] = set()
@@ -119,17 +141,21 @@ def split_users(
     return _build(pairs, unseen, heldout_pairs=heldout_pairs, seed=seed, extra={})
 
 
-def user_folds(pairs: EmbeddedPairs, k: int, *, seed: int) -> dict[int, int]:
-    """Fold (0..k-1) of every user: per type, users are shuffled and dealt round-robin, the dealer
-    continuing across types, so folds are balanced in size and in type."""
+def user_folds(
+    pairs: EmbeddedPairs, k: int, *, seed: int, strata: Sequence[str] | None = None
+) -> dict[int, int]:
+    """Fold (0..k-1) of every user: per type (per (stratum, type) with ``strata``), users are
+    shuffled and dealt round-robin, the dealer continuing across cells, so folds are balanced in
+    size and in type."""
     present, _rows, types = _users(pairs)
+    cells = _cells(pairs, present, types, strata)
     if not 2 <= k <= len(present):
         raise ConfigError(f"k must be in [2, users={len(present)}]. Found {k!r}.")
     rng = _rng(seed, _FOLD_STREAM, k)
     folds: dict[int, int] = {}
     pos = 0
-    for t in sorted({types[u] for u in present}):
-        us = np.array([u for u in present if types[u] == t], dtype=np.int64)
+    for t in sorted({cells[u] for u in present}):
+        us = np.array([u for u in present if cells[u] == t], dtype=np.int64)
         for u in rng.permutation(us):
             folds[int(u)] = pos % k
             pos += 1
@@ -137,11 +163,12 @@ def user_folds(pairs: EmbeddedPairs, k: int, *, seed: int) -> dict[int, int]:
 
 
 def kfold_users(
-    pairs: EmbeddedPairs, k: int, fold: int, *, heldout_pairs: int, seed: int
+    pairs: EmbeddedPairs, k: int, fold: int, *, heldout_pairs: int, seed: int,
+    strata: Sequence[str] | None = None,
 ) -> UserSplit:
     """User-level k-fold: the users of fold ``fold`` are the unseen users, the rest are seen."""
     _check_heldout(heldout_pairs)
-    folds = user_folds(pairs, k, seed=seed)
+    folds = user_folds(pairs, k, seed=seed, strata=strata)
     if not 0 <= fold < k:
         raise ConfigError(f"fold must be in [0, {k}). Found {fold!r}.")
     unseen = {u for u, f in folds.items() if f == fold}
