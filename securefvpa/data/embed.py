@@ -15,10 +15,13 @@ Gurevych, "Sentence-BERT", EMNLP 2019 — what sentence-transformers computes fo
 Texts are truncated from the LEFT to ``max_tokens`` so the end of a dialogue, the response, is kept.
 
 Cache: ``cache_dir/<model_id>-t<max_tokens>/shard-*.npz``; a shard maps ``sha256(text)`` to its
-vector. ``model_id`` is a content hash of the model folder (weights included), so a changed model
-never hits an old entry. Writers only ever add whole shards (temporary file + ``os.replace``), so
-concurrent runs are safe; a torn or foreign file is ignored with a warning. The model is loaded
-only when some text is missing from the cache.
+vector. An empty ``cache_dir`` (the default of ``embedding.cache_dir``) is a per-user folder that
+does not depend on the working directory (:func:`resolve_cache_dir`):
+``$SECUREFVPA_CACHE_DIR/embeddings``, else ``$XDG_CACHE_HOME/securefvpa/embeddings``, else
+``~/.cache/securefvpa/embeddings``. ``model_id`` is a content hash of the model folder (weights
+included), so a changed model never hits an old entry. Writers only ever add whole shards
+(temporary file + ``os.replace``), so concurrent runs are safe; a torn or foreign file is ignored
+with a warning. The model is loaded only when some text is missing from the cache.
 """
 
 from __future__ import annotations
@@ -67,6 +70,22 @@ class EmbedStats:
     @property
     def texts_per_s(self) -> float:
         return self.misses / self.encode_seconds if self.encode_seconds > 0 else math.nan
+
+
+CACHE_ENV = "SECUREFVPA_CACHE_DIR"
+
+
+def resolve_cache_dir(cache_dir: str | Path = "") -> Path:
+    """``cache_dir`` itself when given (a relative path is relative to the working directory);
+    for ``""`` the per-user default (module docstring), the same from every directory."""
+    if str(cache_dir):
+        return Path(cache_dir)
+    root = os.environ.get(CACHE_ENV, "")
+    if root:
+        return Path(root) / "embeddings"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "securefvpa" / "embeddings"
 
 
 def pair_text(prompt: str, response: str) -> str:
@@ -130,7 +149,7 @@ class EmbeddingCache:
     """Append-only shards of ``sha256(text) -> float32 vector`` for one model and ``max_tokens``."""
 
     def __init__(self, cache_dir: str | Path, model_id: str, max_tokens: int) -> None:
-        self.dir = Path(cache_dir) / f"{model_id}-t{max_tokens}-{POOLING}"
+        self.dir = resolve_cache_dir(cache_dir) / f"{model_id}-t{max_tokens}-{POOLING}"
 
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []

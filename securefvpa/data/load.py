@@ -15,7 +15,7 @@ from securefvpa.data.polis import conversation_of, load_polis_with_stats, users_
 from securefvpa.data.records import PreferenceRecord
 from securefvpa.data.split import split_users
 from securefvpa.data.synth import generate
-from securefvpa.errors import ConfigError
+from securefvpa.errors import ConfigError, DataError
 
 log = logging.getLogger("securefvpa.data")
 
@@ -80,7 +80,30 @@ def build_records(cfg: RunConfig) -> tuple[list[PreferenceRecord], dict[str, Any
             f"data.source must be one of ['synth', 'hh_rlhf', 'jsonl', 'polis']. "
             f"Found {d.source!r}."
         )
-    return records, info
+    return drop_short_users(records, d.effective_min_pairs_per_user(), info), info
+
+
+def drop_short_users(
+    records: list[PreferenceRecord], min_pairs: int, info: dict[str, Any]
+) -> list[PreferenceRecord]:
+    """Drop users with fewer than ``min_pairs`` pairs (``data.min_pairs_per_user``), logging how
+    many; a data set where no user is left is a :class:`DataError` naming the setting."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.user_id] = counts.get(r.user_id, 0) + 1
+    short = {u for u, n in counts.items() if n < min_pairs}
+    info["min_pairs_per_user"] = min_pairs
+    info["users_dropped_short"] = len(short)
+    if not short:
+        return records
+    if len(short) == len(counts):
+        raise DataError(
+            f"every one of the {len(counts)} users has fewer than data.min_pairs_per_user="
+            f"{min_pairs} pairs (0 means heldout_pairs + 1); nothing is left to train on"
+        )
+    log.info("data: dropped %d users with fewer than %d pairs (%d pairs; data.min_pairs_per_user)",
+             len(short), min_pairs, sum(counts[u] for u in short))
+    return [r for r in records if r.user_id not in short]
 
 
 def load_dataset(cfg: RunConfig) -> tuple[EmbeddedPairs, UserSplit, dict[str, Any]]:

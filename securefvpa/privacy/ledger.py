@@ -15,16 +15,26 @@ What :func:`verify` detects, and what it cannot:
 * detected: an edited field, a deleted entry, an inserted entry, reordered entries, an edited
   ``prev_hash`` or ``entry_hash``, a payload that is not canonical or not a valid event, a
   ``client_id``/``round`` column that disagrees with the payload, a foreign or edited ledger id.
-* NOT detected by the chain alone: removal of the newest entries (tail truncation) and a
-  wholesale rewrite of the chain by someone who recomputes every hash (the chain is keyless).
-  Both are detected only against a head hash and entry count kept elsewhere: the privacy report
-  records them and :func:`verify` takes ``expected_head`` / ``expected_count``.
+* NOT detected by the chain alone: removal of the newest entries (tail truncation), putting
+  back an older copy (rollback) and a wholesale rewrite of the chain by someone who recomputes
+  every hash (the chain is keyless). These are detected only against an :class:`Anchor` (entry
+  count + head hash) kept elsewhere: every privacy report records one, ``securefvpa ledger
+  verify RUN_DIR`` checks the run's reports, and ``--head``/``--count`` check one published
+  outside the run directory (``threat_models/dp.md``, "External anchor").
+* A file that is not an intact SQLite privacy ledger (truncated, byte-flipped, empty, another
+  database) is tampering too: :func:`verify` returns ``ok=False`` with the reason;
+  :func:`read_entries` raises :class:`LedgerCorruptError`. A missing or unreadable path is a
+  plain :class:`LedgerError` (bad input).
 
 Crash safety: WAL journal with ``synchronous=FULL``, one ``BEGIN IMMEDIATE`` transaction per
 append, committed before :meth:`Ledger.append` returns its hash; SQLite's atomic commit means a
 SIGKILL never leaves a half-written entry and never loses an acknowledged one. ``BEGIN
 IMMEDIATE`` plus a busy timeout serialises writers from several processes, so the chain stays
 linear. (SQLite WAL needs a local file system, not NFS.)
+
+Scale: an index on ``(client_id, kind)`` lets :meth:`Ledger.events_for_client` (the budget
+guard's read) touch only that client's rows. The index is not part of the chain; ledgers
+written before it existed get it when a :class:`Ledger` opens them and verify unchanged.
 """
 
 from __future__ import annotations
@@ -35,14 +45,19 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from securefvpa.errors import AccountingError, LedgerError
-from securefvpa.privacy.events import DpSgdEvent, canonical_json, check_client_id
+from securefvpa.privacy.events import (
+    EVENT_SCHEMA_VERSION,
+    DpSgdEvent,
+    canonical_json,
+    check_client_id,
+)
 
 LEDGER_SCHEMA_VERSION = "1"
 KINDS = ("dp_sgd", "declined", "run_start", "run_end")
@@ -73,7 +88,13 @@ CREATE TABLE IF NOT EXISTS entries (
     prev_hash TEXT NOT NULL,
     entry_hash TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS entries_client ON entries (client_id, kind);
 """
+# A client's DP-SGD events in ledger order, answered from the ``entries_client`` index.
+CLIENT_EVENTS_SQL = _SELECT + " WHERE client_id = ? AND kind = 'dp_sgd' ORDER BY seq"
+# SQLite primary result codes that say nothing about the file's content (locks, permissions,
+# memory, I/O); any other error while reading a ledger means the file is not an intact ledger.
+_ENVIRONMENT_ERRORS = {3, 5, 6, 7, 10, 13, 14, 23}  # PERM BUSY LOCKED NOMEM IOERR FULL CANTOPEN AUTH
 
 
 def _enc(value: str | int | None) -> bytes:
@@ -139,15 +160,48 @@ class LedgerEntry:
         raise LedgerError(f"ledger entry {self.seq} of kind {self.kind!r} carries no event")
 
 
+class LedgerCorruptError(LedgerError):
+    """The file exists and is readable but is not an intact privacy ledger (truncated,
+    byte-flipped, empty, another database): evidence of tampering, not bad input."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A (entry count, head hash) pair recorded when the ledger had that many entries.
+
+    ``entry_count`` None means "somewhere in the chain" (a head hash published without its
+    count). ``ledger_id``, when known, must match too. ``source`` names where the anchor came
+    from in messages (``"privacy_report.json"``, ``"--head"``).
+    """
+
+    head_hash: str
+    entry_count: int | None = None
+    ledger_id: str | None = None
+    source: str = "anchor"
+
+    def __post_init__(self) -> None:
+        h = self.head_hash
+        if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+            raise LedgerError(
+                f"{self.source}: a head hash is 64 lowercase hex digits. Found {h!r}."
+            )
+        n = self.entry_count
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise LedgerError(f"{self.source}: entry count must be an integer >= 0. Found {n!r}.")
+
+
 @dataclass(frozen=True)
 class LedgerVerification:
-    """Result of :func:`verify`. ``first_bad_seq`` is None when ``ok``."""
+    """Result of :func:`verify`. ``first_bad_seq`` is None when ``ok`` (or when the failure is
+    not one entry: a truncated tail, a missed anchor, a corrupt file). ``notes`` are
+    informational (entries appended after an anchor)."""
 
     ok: bool
     entry_count: int
     head_hash: str
     first_bad_seq: int | None
     reason: str
+    notes: tuple[str, ...] = ()
 
 
 def _utc(t: float) -> str:
@@ -314,6 +368,40 @@ class Ledger:
         """Every ``dp_sgd`` event, grouped by client, in ledger order (replay into accountant)."""
         return events_by_client(self.entries())
 
+    def events_for_client(self, client_id: str) -> list[DpSgdEvent]:
+        """``client_id``'s ``dp_sgd`` events in ledger order — what the budget guard composes.
+
+        Reads only this client's rows through the ``entries_client`` index: O(this client's
+        history), not O(ledger). Each row's own hash is recomputed and its payload must name
+        ``client_id`` (an edited row or ``client_id`` column raises :class:`LedgerError`); the
+        chain links are :func:`verify`'s job. Equal to ``events_by_client().get(client_id, [])``
+        on an intact ledger (``tests/privacy/test_ledger_index.py``).
+        """
+        try:
+            check_client_id(client_id)
+        except AccountingError as err:
+            raise LedgerError(f"events_for_client: {err}") from None
+        try:
+            rows = self._conn.execute(CLIENT_EVENTS_SQL, (client_id,)).fetchall()
+        except sqlite3.Error as err:
+            raise LedgerError(f"cannot read ledger {str(self.path)!r}: {err}") from err
+        out: list[DpSgdEvent] = []
+        for row in rows:
+            e = LedgerEntry(*row)
+            if not hmac.compare_digest(entry_hash(*row[:7]), str(e.entry_hash)):
+                raise LedgerError(
+                    f"ledger entry {e.seq} fails its hash check; run `securefvpa ledger verify "
+                    f"{self.path}`."
+                )
+            ev = e.event()
+            if ev.client_id != client_id:
+                raise LedgerError(
+                    f"ledger entry {e.seq}: payload names client {ev.client_id!r}, its client_id "
+                    f"column {client_id!r}; run `securefvpa ledger verify {self.path}`."
+                )
+            out.append(ev)
+        return out
+
 
 def _iter_entries(conn: sqlite3.Connection) -> Iterator[LedgerEntry]:
     for row in conn.execute(_SELECT + " ORDER BY seq"):
@@ -346,7 +434,9 @@ def _check_payload(e: LedgerEntry) -> str | None:
             return "payload is not canonical JSON"
     except AccountingError:
         return "payload is not canonical JSON"
-    if not isinstance(obj, dict) or obj.get("schema_version") not in (1,):
+    # dp_sgd payloads are events (schema 1, or 2 with ``attempt``); other kinds are schema 1.
+    versions = (1, EVENT_SCHEMA_VERSION) if e.kind == "dp_sgd" else (1,)
+    if not isinstance(obj, dict) or obj.get("schema_version") not in versions:
         return "payload has no supported schema_version"
     if e.kind in ("dp_sgd", "declined"):
         try:
@@ -374,33 +464,68 @@ def _check_payload(e: LedgerEntry) -> str | None:
     return None
 
 
+def _is_environment_error(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _ENVIRONMENT_ERRORS
+
+
 def read_entries(path: str | os.PathLike[str]) -> tuple[str, list[LedgerEntry]]:
-    """(ledger id, entries) read without writing; raises LedgerError if unreadable."""
+    """(ledger id, entries) read without writing.
+
+    Raises :class:`LedgerError` when ``path`` is missing, a folder or unreadable (bad input, or
+    a lock that outlived the busy timeout), and :class:`LedgerCorruptError` when the file is
+    readable but not an intact privacy ledger: SQLite's own consistency check fails (a
+    truncated or byte-flipped file), the tables or meta keys are not a ledger's (an empty file,
+    another database), or a text field is not UTF-8.
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise LedgerError(f"no privacy ledger at {str(p)!r}")
+    if not p.is_file():
+        raise LedgerError(f"{str(p)!r} is not a file; a privacy ledger is one SQLite file")
+    try:
+        with p.open("rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise LedgerError(f"cannot read privacy ledger {str(p)!r}: {err.strerror}") from None
+
+    def corrupt(why: str) -> LedgerCorruptError:
+        return LedgerCorruptError(f"{str(p)!r} is not an intact privacy ledger: {why}")
+
     try:
         conn = _connect(p, read_only=True, busy_timeout_s=60.0)
         try:
+            check = [r[0] for r in conn.execute("PRAGMA quick_check")]
+            if check != ["ok"]:
+                raise corrupt(f"SQLite consistency check failed ({'; '.join(check[:3])})")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not {"entries", "meta"} <= tables:
+                missing = sorted({"entries", "meta"} - tables)
+                raise corrupt(f"not a privacy ledger (no {' or '.join(missing)} table)")
             cols = tuple(r[1] for r in conn.execute("PRAGMA table_info(entries)"))
             if cols != _COLUMNS:
-                raise LedgerError(f"ledger {str(p)!r}: entries table has columns {cols}")
+                raise corrupt(f"not a privacy ledger (entries table has columns {list(cols)})")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if set(meta) != {"schema_version", "ledger_id"}:
-                raise LedgerError(f"ledger {str(p)!r}: meta table has keys {sorted(meta)}")
-            if meta["schema_version"] != LEDGER_SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {str(p)!r}: schema_version {meta['schema_version']!r}, expected "
-                    f"{LEDGER_SCHEMA_VERSION!r}"
-                )
+                raise corrupt(f"not a privacy ledger (meta table has keys {sorted(meta)})")
+            version = meta["schema_version"]
+            if version != LEDGER_SCHEMA_VERSION:
+                if isinstance(version, str) and version.isdigit():
+                    raise LedgerError(
+                        f"ledger {str(p)!r}: schema_version {version!r}, expected "
+                        f"{LEDGER_SCHEMA_VERSION!r} (written by another securefvpa version)"
+                    )
+                raise corrupt(f"schema_version {version!r} is not a version")
             conn.execute("BEGIN")  # one consistent snapshot
             entries = list(_iter_entries(conn))
             conn.execute("COMMIT")
         finally:
             conn.close()
     except sqlite3.Error as err:
-        raise LedgerError(f"cannot read privacy ledger {str(p)!r}: {err}") from err
-    return meta["ledger_id"], entries
+        if _is_environment_error(err):
+            raise LedgerError(f"cannot read privacy ledger {str(p)!r}: {err}") from err
+        raise corrupt(str(err)) from err
+    return str(meta["ledger_id"]), entries
 
 
 def _check_link(i: int, e: LedgerEntry, prev: str) -> str | None:
@@ -453,19 +578,84 @@ def verify_entries(
     return LedgerVerification(True, n, prev, None, f"ok: {n} entries, chain intact")
 
 
+def check_anchor(ledger_id: str, entries: list[LedgerEntry], anchor: Anchor) -> str | None:
+    """Why ``entries`` do not extend the history ``anchor`` recorded, or None.
+
+    Entries appended after the anchor are allowed (a resumed run); fewer entries (tail
+    truncation, rollback to an older copy), another hash at the anchored position (a rebuilt or
+    edited chain) or another ledger id are not.
+    """
+    src = anchor.source
+    if anchor.ledger_id is not None and anchor.ledger_id != ledger_id:
+        return (
+            f"ledger id {ledger_id} differs from {anchor.ledger_id} recorded in {src} "
+            "(another or a rebuilt ledger)"
+        )
+    hashes = [genesis_hash(ledger_id)] + [str(e.entry_hash) for e in entries]
+    if anchor.entry_count is None:
+        if any(hmac.compare_digest(h, anchor.head_hash) for h in hashes):
+            return None
+        return (
+            f"head hash {anchor.head_hash} from {src} is not in the chain (the ledger was "
+            "truncated, rolled back or rewritten)"
+        )
+    n = anchor.entry_count
+    if len(entries) < n:
+        return (
+            f"ledger has {len(entries)} entries; {src} recorded {n} (entries were removed from "
+            "the end, or an older copy was put back)"
+        )
+    if not hmac.compare_digest(hashes[n], anchor.head_hash):
+        return (
+            f"head hash after {n} entries is {hashes[n]}, {src} recorded {anchor.head_hash} "
+            "(the history up to the anchor was rewritten)"
+        )
+    return None
+
+
+def _grown_note(entries: list[LedgerEntry], anchor: Anchor) -> str | None:
+    n = anchor.entry_count
+    if n is None:
+        at = next(
+            (i for i, e in enumerate(entries, 1) if e.entry_hash == anchor.head_hash), 0
+        )
+        n = at
+    if len(entries) > n:
+        return f"{len(entries) - n} entries appended after the anchor in {anchor.source}"
+    return None
+
+
 def verify(
     path: str | os.PathLike[str],
     *,
     expected_head: str | None = None,
     expected_count: int | None = None,
+    anchors: Sequence[Anchor] = (),
 ) -> LedgerVerification:
     """Verify the ledger at ``path`` without writing to it.
 
-    Returns ``ok=False`` with the first bad seq and why on any broken link. Tail truncation and
-    a recomputed chain are caught only through ``expected_head`` / ``expected_count`` (recorded
-    in the privacy report). An unreadable file or foreign schema raises :class:`LedgerError`.
+    Returns ``ok=False`` with the first bad seq and why on any broken link, and ``ok=False``
+    with the reason when the file is not an intact ledger (:class:`LedgerCorruptError`). Tail
+    truncation, rollback and a recomputed chain are caught only against an anchor:
+    ``expected_head`` / ``expected_count`` must equal the ledger's head and count now;
+    each of ``anchors`` must be a prefix of the chain (:func:`check_anchor`; later entries are
+    noted, not failed). A missing or unreadable path raises :class:`LedgerError`.
     """
-    ledger_id, entries = read_entries(path)
-    return verify_entries(
+    try:
+        ledger_id, entries = read_entries(path)
+    except LedgerCorruptError as err:
+        return LedgerVerification(False, 0, "", None, str(err))
+    res = verify_entries(
         ledger_id, entries, expected_head=expected_head, expected_count=expected_count
     )
+    if not res.ok:
+        return res
+    notes: list[str] = []
+    for anchor in anchors:
+        why = check_anchor(ledger_id, entries, anchor)
+        if why is not None:
+            return LedgerVerification(False, res.entry_count, res.head_hash, None, why)
+        note = _grown_note(entries, anchor)
+        if note:
+            notes.append(note)
+    return LedgerVerification(True, res.entry_count, res.head_hash, None, res.reason, tuple(notes))

@@ -36,7 +36,7 @@ def test_account_prints_pld_and_rdp(capsys):
     ("args", "needle"),
     [
         (["--q", "1.5", "--sigma", "1", "--steps", "3", "--delta", "1e-5"], "1.5"),
-        (["--q", "0.1", "--sigma", "0", "--steps", "3", "--delta", "1e-5"], "noise_multiplier"),
+        (["--q", "0.1", "--sigma", "0", "--steps", "3", "--delta", "1e-5"], "--sigma"),
         (["--q", "0.1", "--sigma", "1", "--steps", "3", "--delta", "1.0"], "delta"),
     ],
 )
@@ -96,7 +96,16 @@ def test_ledger_verify_exit_codes(tmp_path, capsys):
     path = tmp_path / "l.sqlite"
     with Ledger(path) as ledger:
         for r in range(3):
-            ledger.append(DpSgdEvent("c1", r, 1.0, 0.5, 2, 1.0))
+            ledger.append(
+                DpSgdEvent(
+                    client_id="c1",
+                    round=r,
+                    noise_multiplier=1.0,
+                    sample_rate=0.5,
+                    steps=2,
+                    clip=1.0,
+                )
+            )
     assert main(["ledger", "verify", str(path)]) == 0
     con = sqlite3.connect(path)
     con.execute("UPDATE entries SET payload = replace(payload, '0.5', '0.1') WHERE seq = 2")

@@ -35,8 +35,21 @@ def make_ledger(path: Path, n: int = 6) -> list[str]:
     with Ledger(path, clock=fixed_clock()) as led:
         hashes.append(led.append_run_start("run-1", "cfg-abc"))
         for i in range(n):
-            hashes.append(led.append(DpSgdEvent(f"c{i % 2}", i, 1.0, 0.1, 5, 1.0)))
-        planned = DpSgdEvent("c0", n, 1.0, 0.1, 5, 1.0)
+            hashes.append(
+                led.append(
+                    DpSgdEvent(
+                        client_id=f"c{i % 2}",
+                        round=i,
+                        noise_multiplier=1.0,
+                        sample_rate=0.1,
+                        steps=5,
+                        clip=1.0,
+                    )
+                )
+            )
+        planned = DpSgdEvent(
+            client_id="c0", round=n, noise_multiplier=1.0, sample_rate=0.1, steps=5, clip=1.0
+        )
         hashes.append(
             led.append_declined(
                 planned, reason="over", epsilon_now=1.0, epsilon_if_trained=2.0, budget_epsilon=1.5
@@ -129,7 +142,9 @@ def test_inserted_row_detected(tmp_path):
         conn.execute("UPDATE entries SET seq = seq + 1000 WHERE seq >= 4")
         conn.execute("UPDATE entries SET seq = seq - 999 WHERE seq >= 1004")
         prev = conn.execute("SELECT entry_hash FROM entries WHERE seq = 3").fetchone()[0]
-        ev = DpSgdEvent("c0", 77, 9.0, 0.1, 1, 1.0)
+        ev = DpSgdEvent(
+            client_id="c0", round=77, noise_multiplier=9.0, sample_rate=0.1, steps=1, clip=1.0
+        )
         ts = "2030-01-01T00:00:00.000000+00:00"
         h = entry_hash(4, ts, "dp_sgd", "c0", 77, ev.to_json(), prev)
         conn.execute(
@@ -187,7 +202,11 @@ def test_append_refuses_to_extend_a_tampered_head(tmp_path):
     make_ledger(p)
     sql(p, "UPDATE entries SET round = 99 WHERE seq = (SELECT MAX(seq) FROM entries)")
     with Ledger(p) as led, pytest.raises(LedgerError, match="refusing to append"):
-        led.append(DpSgdEvent("c0", 1, 1.0, 0.1, 1, 1.0))
+        led.append(
+            DpSgdEvent(
+                client_id="c0", round=1, noise_multiplier=1.0, sample_rate=0.1, steps=1, clip=1.0
+            )
+        )
 
 
 def test_verify_missing_or_foreign_file(tmp_path):
@@ -196,8 +215,10 @@ def test_verify_missing_or_foreign_file(tmp_path):
     assert not (tmp_path / "absent.sqlite").exists()
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database at all" * 100)
+    res = verify(junk)  # readable but not a ledger: tampering, reported, not raised
+    assert not res.ok and "not an intact privacy ledger" in res.reason
     with pytest.raises(LedgerError):
-        verify(junk)
+        verify(tmp_path)  # a folder is bad input
 
 
 def test_bad_appends_rejected(tmp_path):
@@ -216,7 +237,8 @@ from securefvpa.privacy.ledger import Ledger
 path, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Ledger(path) as led:
     for i in range(start, start + count):
-        h = led.append(DpSgdEvent(f"c{i % 7}", i, 1.0, 0.1, 3, 1.0))
+        h = led.append(DpSgdEvent(client_id=f"c{i % 7}", round=i, noise_multiplier=1.0,
+                                  sample_rate=0.1, steps=3, clip=1.0))
         sys.stdout.write(f"{i} {h}\n")
         sys.stdout.flush()
 """

@@ -36,7 +36,7 @@ ARGS = dict(
 @pytest.fixture()
 def ledger(tmp_path):
     p = tmp_path / "ledger.sqlite"
-    guard = BudgetGuard(6.0, 1e-5, value_discretization_interval=D)
+    guard = BudgetGuard(budget_epsilon=6.0, delta=1e-5, value_discretization_interval=D)
     history: dict[str, list[DpSgdEvent]] = {}
     with Ledger(p) as led:
         led.append_run_start("run-1", "cfg-abc")
@@ -44,8 +44,10 @@ def ledger(tmp_path):
             for c, sigma in (("alice", 0.9), ("bob", 1.5), ("carol", 3.0)):
                 if c == "carol" and r % 3:
                     continue
-                ev = DpSgdEvent(c, r, sigma, 0.2, 5, 1.0)
-                dec = guard.check(c, history.get(c, []), ev)
+                ev = DpSgdEvent(
+                    client_id=c, round=r, noise_multiplier=sigma, sample_rate=0.2, steps=5, clip=1.0
+                )
+                dec = guard.check(client_id=c, history=history.get(c, []), planned_event=ev)
                 if dec.allowed:
                     led.append(ev)
                     history.setdefault(c, []).append(ev)
@@ -119,7 +121,11 @@ def test_verify_report_notes_later_appends(ledger, tmp_path):
     p, _ = ledger
     json_path, _ = write_report(build_report(p, **ARGS), tmp_path / "out")
     with Ledger(p) as led:
-        led.append(DpSgdEvent("dave", 9, 2.0, 0.1, 1, 1.0))
+        led.append(
+            DpSgdEvent(
+                client_id="dave", round=9, noise_multiplier=2.0, sample_rate=0.1, steps=1, clip=1.0
+            )
+        )
     res = verify_report(json_path, p)
     assert res.ok and "appended after" in res.notes[0]
 
