@@ -43,7 +43,15 @@ def _histories(args: argparse.Namespace) -> dict[str, list[DpSgdEvent]]:
         cid = f"client-{c:04d}"
         sigma = levels[c % len(levels)]
         out[cid] = [
-            DpSgdEvent(cid, int(r), sigma, args.q, args.steps, 1.0, args.relation)
+            DpSgdEvent(
+                client_id=cid,
+                round=int(r),
+                noise_multiplier=sigma,
+                sample_rate=args.q,
+                steps=args.steps,
+                clip=1.0,
+                relation=args.relation,
+            )
             for r in np.flatnonzero(joined[c])
         ]
     return out
@@ -197,17 +205,24 @@ def section_steps(args: argparse.Namespace) -> dict:
     rows = {"non-private": {"seconds_per_step": base, "ratio": 1.0}}
     for mode in ("hooks", "functorch", "ghost"):
         dp = DPSettings(noise_multiplier=1.0, clip=1.0, sample_rate=1.0, grad_sample_mode=mode)
-        stepper = PrivateStepper(fresh(), dp, tcfg, expected_batch=args.batch)
+        stepper = PrivateStepper(fresh(), dp=dp, train_cfg=tcfg, expected_batch=args.batch)
         sec = time_it(lambda s=stepper: s.step(batch), args.reps)
         stepper.close()
         rows[mode] = {"seconds_per_step": sec, "ratio": sec / base}
     # correctness of each mode is tested in tests/train/test_private.py (oracle, ghost == hooks)
-    print(f"\nlocal step, batch of {args.batch} episodes (8+4 pairs), {n_params} parameters, 1 thread")
+    print(
+        f"\nlocal step, batch of {args.batch} episodes (8+4 pairs), {n_params} parameters, 1 thread"
+    )
     print(f"{'mode':<14}{'s/step':>10}{'x non-private':>16}")
     for k, v in rows.items():
         print(f"{k:<14}{v['seconds_per_step']:>10.4f}{v['ratio']:>16.2f}")
-    return {"batch_episodes": args.batch, "parameters": n_params, "rows": rows,
-            "software": software_versions(), "machine": platform.processor() or platform.machine()}
+    return {
+        "batch_episodes": args.batch,
+        "parameters": n_params,
+        "rows": rows,
+        "software": software_versions(),
+        "machine": platform.processor() or platform.machine(),
+    }
 
 
 def section_utility(args: argparse.Namespace) -> dict:
@@ -231,37 +246,65 @@ def section_utility(args: argparse.Namespace) -> dict:
             for eps in (1.0, 4.0, 8.0, float("inf")):
                 cfg = {
                     "seed": args.seed,
-                    "data": {"source": "hh_rlhf", "users": args.users, "pairs_per_user": 40,
-                             "heldout_pairs": 8, "unseen_share": 0.2},
+                    "data": {
+                        "source": "hh_rlhf",
+                        "users": args.users,
+                        "pairs_per_user": 40,
+                        "heldout_pairs": 8,
+                        "unseen_share": 0.2,
+                    },
                     "embedding": {"cache_dir": str(ROOT / ".cache" / "securefvpa" / "embeddings")},
                     "model": {"kind": model},
                     "train": {"lr": 0.01, "context_pairs": 8, "target_pairs": 4},
-                    "federation": {"mode": "simulation", "rounds": args.fl_rounds,
-                                   "local_steps": args.steps, "eval_every": args.fl_rounds,
-                                   "min_fit_clients": 2, "round_timeout_s": 900.0},
+                    "federation": {
+                        "mode": "simulation",
+                        "rounds": args.fl_rounds,
+                        "local_steps": args.steps,
+                        "eval_every": args.fl_rounds,
+                        "min_fit_clients": 2,
+                        "round_timeout_s": 900.0,
+                    },
                 }
                 if eps != float("inf"):
-                    cfg["privacy"] = {"enabled": True, "target_epsilon": eps, "budget_epsilon": eps,
-                                      "sample_rate": args.q, "clip": 1.0}
+                    cfg["privacy"] = {
+                        "enabled": True,
+                        "target_epsilon": eps,
+                        "budget_epsilon": eps,
+                        "sample_rate": args.q,
+                        "clip": 1.0,
+                    }
                 path = Path(tmp) / f"{model}-{eps}.toml"
                 path.write_text(tomli_w.dumps(cfg))
                 t0 = time.perf_counter()
-                m = run(path, Path(tmp) / f"{model}-{eps}")
-                row = {"model": model, "epsilon_target": eps,
-                       "seen": m["accuracy"]["seen_users"], "unseen": m["accuracy"]["unseen_users"],
-                       "seconds": time.perf_counter() - t0}
+                m = run(path, Path(tmp) / f"{model}-{eps}").metrics
+                row = {
+                    "model": model,
+                    "epsilon_target": eps,
+                    "seen": m["accuracy"]["seen_users"],
+                    "unseen": m["accuracy"]["unseen_users"],
+                    "seconds": time.perf_counter() - t0,
+                }
                 if eps != float("inf"):
-                    rep = json.loads((Path(tmp) / f"{model}-{eps}" / "privacy_report.json").read_text())
+                    rep = json.loads(
+                        (Path(tmp) / f"{model}-{eps}" / "privacy_report.json").read_text()
+                    )
                     row["epsilon_max"] = rep["summary"]["epsilon_max"]
-                    plan = json.loads((Path(tmp) / f"{model}-{eps}" / "privacy_plan.json").read_text())
+                    plan = json.loads(
+                        (Path(tmp) / f"{model}-{eps}" / "privacy_plan.json").read_text()
+                    )
                     row["sigma"] = plan["noise_multiplier"]
                 out["rows"].append(row)
-                print(f"  {model:<10} eps={eps:<5} seen={row['seen']:.4f} unseen={row['unseen']:.4f} "
-                      f"sigma={row.get('sigma', 0):.3f} ({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"  {model:<10} eps={eps:<5} seen={row['seen']:.4f} unseen={row['unseen']:.4f} "
+                    f"sigma={row.get('sigma', 0):.3f} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
     print(f"\n{'model':<10}{'target eps':>11}{'max eps':>9}{'sigma':>8}{'seen':>8}{'unseen':>8}")
     for r in out["rows"]:
-        print(f"{r['model']:<10}{r['epsilon_target']:>11}{r.get('epsilon_max', float('inf')):>9.3f}"
-              f"{r.get('sigma', 0.0):>8.3f}{r['seen']:>8.4f}{r['unseen']:>8.4f}")
+        print(
+            f"{r['model']:<10}{r['epsilon_target']:>11}{r.get('epsilon_max', float('inf')):>9.3f}"
+            f"{r.get('sigma', 0.0):>8.3f}{r['seen']:>8.4f}{r['unseen']:>8.4f}"
+        )
     return out
 
 

@@ -6,9 +6,9 @@ prints a table and writes ``benchmarks/results/drift_ablation.json``.
 Each row trains on the same generated users (one single-type user per client, 60 clients per
 round) with a different server/client optimiser pair, then evaluates seen and unseen users and
 the MI (bits) between the inferred latent cell and the true type. For speed the rounds run
-in-process instead of through Flower: the same client code (``local_train_round``,
-``local_evaluate``), the same seeded client sampling (``sample_indices``), the same
-``server_step`` and the same metrics — only Flower's messaging is left out. The Flower runs of
+in-process instead of through Flower: the same round engine (``rounds.engine.run_rounds``:
+seeded client sampling, weighted mean, ``server_step``), the same client code and metrics, over
+``rounds.local.LocalTransport`` — only Flower's messaging is left out. The Flower runs of
 the winning recipe are in ``benchmarks/federated.py --fedadam``.
 """
 
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tomli_w
 import torch
 
@@ -31,12 +30,11 @@ import federated as fb  # noqa: E402
 
 from securefvpa.config import load_config  # noqa: E402
 from securefvpa.data.load import load_dataset  # noqa: E402
-from securefvpa.fl.driver import initial_parameters  # noqa: E402
-from securefvpa.fl.evaluation import combine_eval_replies  # noqa: E402
-from securefvpa.fl.partition import make_partitions  # noqa: E402
-from securefvpa.fl.server_app import sample_indices  # noqa: E402
-from securefvpa.fl.server_opt import ServerOptState, server_step  # noqa: E402
-from securefvpa.train.client import local_evaluate, local_train_round  # noqa: E402
+from securefvpa.rounds.engine import run_rounds  # noqa: E402
+from securefvpa.rounds.finish import initial_parameters  # noqa: E402
+from securefvpa.rounds.local import LocalTransport  # noqa: E402
+from securefvpa.rounds.prepare import prepare_local  # noqa: E402
+from securefvpa.rundir import RunDir  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "drift_ablation.json"
 
@@ -73,32 +71,13 @@ def run_recipe(
         )
         cfg = load_config(path)
         pairs, split, _ = load_dataset(cfg)
-        parts = make_partitions(pairs, split, cfg.federation, cfg.seed)
-        params = initial_parameters(
-            cfg, {"embed_dim": pairs.dim, "type_names": list(pairs.type_names)}
-        )
-        train = [p for p in parts if p.role == "train"]
-        state = ServerOptState()
+        manifest, nodes = prepare_local(cfg, pairs, split, RunDir(work / "run"), data={})
+        transport = LocalTransport(nodes, evaluate=False)
         t0 = time.perf_counter()
-        for rnd in range(1, rounds + 1):
-            picked = sample_indices(len(train), cfg.federation, cfg.seed, rnd)
-            acc = {n: np.zeros(v.shape, dtype=np.float64) for n, v in params.items()}
-            total = 0
-            for i in picked:
-                r = local_train_round(cfg, train[i], params, rnd=rnd, run_dir=work)
-                for n in acc:
-                    acc[n] += r.num_examples * r.delta[n]
-                total += r.num_examples
-            params = server_step(
-                cfg.federation, params, {n: a / total for n, a in acc.items()}, state
-            )
+        result = run_rounds(transport, cfg, initial_params=initial_parameters(cfg, manifest))
         seconds = time.perf_counter() - t0
-        rows = []
-        for p in parts:
-            reply = local_evaluate(cfg, p, params)
-            reply["partition-id"] = p.partition_id
-            rows.append((p.role, reply))
-        m = combine_eval_replies(rows, cfg)
+        transport.do_evaluate = True
+        m = transport.evaluate(rounds, result.params)
     return {
         "seen": m["accuracy"]["seen_users"],
         "unseen": m["accuracy"]["unseen_users"],

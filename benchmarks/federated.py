@@ -96,7 +96,7 @@ def run_one(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     path.write_text(tomli_w.dumps(cfg))
     out = work / cfg["run_id"]
     t0 = time.perf_counter()
-    metrics = run(path, out)
+    metrics = run(path, out).metrics
     metrics["wall_seconds"] = time.perf_counter() - t0
     return metrics
 

@@ -377,7 +377,7 @@ def flower_rounds(
                 name = f"n{n}-{'secure' if secure else 'plain'}"
                 path = Path(tmp) / f"{name}.toml"
                 path.write_text(tomli_w.dumps(cfg))
-                m = run(path, Path(tmp) / name)
+                m = run(path, Path(tmp) / name).metrics
                 later = list(m["rounds"][3:])  # round 0 is the initial evaluation
                 row[name.split("-")[1]] = {
                     "round_seconds": [r["wall_seconds"] for r in later],

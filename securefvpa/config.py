@@ -216,7 +216,7 @@ class FederationConfig:
     round_timeout_s: float = 300.0
     superlink: str = ""  # deployment: name of a connection in $FLWR_HOME/config.toml
     num_cpus_per_client: float = 1.0
-    # Server step on the weighted mean update (securefvpa.fl.server_opt): "fedavg" adds
+    # Server step on the weighted mean update (securefvpa.rounds.server_opt): "fedavg" adds
     # server_lr * mean; "fedadam" is Reddi et al. (2021) Adam with betas and tau below.
     server_optimizer: ServerOptimizer = "fedavg"
     server_lr: float = 1.0
@@ -299,34 +299,52 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Client-side DP-SGD and per-client accounting. The privacy unit is one preference pair."""
+    """Client-side DP-SGD and per-client accounting. The privacy unit is one preference pair.
+
+    sigma is either given (``noise_multiplier``) or calibrated from ``target_epsilon`` (leave
+    ``noise_multiplier`` out): two separate paths, as Opacus separates ``make_private`` from
+    ``make_private_with_epsilon``. ``delta`` left out means ``min(1e-5, 1 / (10 n))`` with ``n``
+    the largest number of training pairs of a client.
+    """
 
     enabled: bool = False
-    noise_multiplier: float = 0.0  # sigma; 0 = calibrate from target_epsilon
+    noise_multiplier: float | None = None  # sigma; absent = calibrate from target_epsilon
     target_epsilon: float = 8.0  # used to calibrate sigma over the planned participation
     budget_epsilon: float = 8.0  # hard per-client budget; a client never exceeds it
-    delta: float = 0.0  # 0 = 1 / (10 * max pairs of a client), well below 1/records
+    delta: float | None = None  # absent = min(1e-5, 1 / (10 * max pairs of a client))
     clip: float = 1.0
     sample_rate: float = 0.5  # Poisson sampling rate of episodes per local step
     accountant: AccountantKind = "pld"
     grad_sample_mode: GradSampleMode = "hooks"
     ledger: str = ""  # SQLite path; empty = RUN_DIR/privacy_ledger.sqlite
 
+    @property
+    def calibrate_sigma(self) -> bool:
+        """True when sigma is calibrated from ``target_epsilon`` (no ``noise_multiplier``)."""
+        return self.noise_multiplier is None
+
     def validate(self) -> None:
-        _check(
-            self.noise_multiplier >= 0.0 and math.isfinite(self.noise_multiplier),
-            "privacy.noise_multiplier",
-            self.noise_multiplier,
-            "be a finite number >= 0 (0 = calibrate from target_epsilon)",
-        )
+        if self.noise_multiplier is not None:
+            _check(
+                self.noise_multiplier > 0.0 and math.isfinite(self.noise_multiplier),
+                "privacy.noise_multiplier",
+                self.noise_multiplier,
+                "be a finite number > 0 (leave it out to calibrate sigma from target_epsilon)",
+            )
         _check(self.target_epsilon > 0.0, "privacy.target_epsilon", self.target_epsilon, "be > 0")
         _check(self.budget_epsilon > 0.0, "privacy.budget_epsilon", self.budget_epsilon, "be > 0")
-        _check(0.0 <= self.delta < 1.0, "privacy.delta", self.delta, "be in [0, 1) (0 = automatic)")
+        if self.delta is not None:
+            _check(
+                0.0 < self.delta < 1.0,
+                "privacy.delta",
+                self.delta,
+                "be in (0, 1) (leave it out for the automatic 1 / (10 n))",
+            )
         _check(self.clip > 0.0, "privacy.clip", self.clip, "be > 0")
         _check(
             0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]"
         )
-        if self.enabled and self.noise_multiplier == 0.0:
+        if self.enabled and self.calibrate_sigma:
             _check(
                 self.target_epsilon <= self.budget_epsilon,
                 "privacy.target_epsilon",
@@ -519,8 +537,15 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as nested dicts; optional keys that are unset (None) are left out."""
+    return _drop_none(dataclasses.asdict(cfg))
 
 
 def dump_config(cfg: RunConfig) -> str:

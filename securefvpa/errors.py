@@ -45,6 +45,10 @@ class ProtocolAbort(SecureFVPAError):
     """A secure-aggregation party aborted the round; nothing secret was revealed."""
 
 
+class RunDirError(SecureFVPAError):
+    """A run directory, manifest or node config is missing, damaged or from another run."""
+
+
 class FederationError(SecureFVPAError):
     """The federated run cannot proceed (too few clients, a checkpoint that does not match)."""
 

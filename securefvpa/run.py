@@ -3,68 +3,164 @@
 Writes ``RUN_DIR/config.resolved.toml`` first (a ``--resume`` must find the same config there),
 loads and embeds the data once (cached), then trains:
 - ``federation.mode = "central"``: the centralised harness (``train.central``);
-- ``"simulation"``: Flower's simulation engine in this process (``fl.driver``);
+- ``"simulation"``: Flower's simulation engine in this process (``fl.launch``);
 - ``"deployment"``: ``flwr run`` against an existing SuperLink.
-Ends with ``RUN_DIR/metrics.json`` (and, with DP on, ``privacy_report.json`` + ``report.html``).
+Ends with ``RUN_DIR/metrics.json`` (and, with DP on, ``privacy_report.json`` + ``report.html``)
+and returns a typed :class:`RunResult`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securefvpa.config import RunConfig, dump_config, load_config
+import numpy as np
+
+from securefvpa.config import RunConfig, config_from_dict, dump_config, load_config
 from securefvpa.errors import ConfigError
 from securefvpa.fsutil import atomic_write_text
+from securefvpa.rundir import RunDir
 
 log = logging.getLogger("securefvpa.run")
 
 APP_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml with [tool.flwr.app]
 
 
-def prepare_run_dir(cfg: RunConfig, out: Path, *, resume: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = out / "config.resolved.toml"
+@dataclass(frozen=True)
+class RunResult:
+    """What a run leaves behind: its metrics and where its files are."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def accuracy(self) -> dict[str, float | None]:
+        return dict(self.metrics.get("accuracy", {}))
+
+    @property
+    def metrics_path(self) -> Path:
+        return RunDir(self.run_dir).metrics
+
+    @property
+    def params_path(self) -> Path:
+        return RunDir(self.run_dir).final_params
+
+    @property
+    def report_path(self) -> Path | None:
+        """``privacy_report.json`` of a DP run (None when DP was off)."""
+        report = self.metrics.get("privacy_report")
+        return Path(report["json"]) if report else None
+
+    @property
+    def ledger_path(self) -> Path | None:
+        """The privacy ledger of a DP run (None when DP was off)."""
+        plan = RunDir(self.run_dir).plan
+        if not self.metrics.get("privacy") or not plan.is_file():
+            return None
+        from securefvpa.privacy.plan import ledger_path
+
+        return ledger_path(load_config(RunDir(self.run_dir).config), RunDir(self.run_dir))
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The final global parameters (``final_params.npz``; central runs have none)."""
+        with np.load(self.params_path, allow_pickle=False) as z:
+            return {k: z[k].copy() for k in z.files}
+
+
+def resolve_config(
+    config: str | Path | RunConfig | dict[str, Any], overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """A validated :class:`RunConfig` from a TOML path, a parsed mapping or a RunConfig."""
+    if isinstance(config, RunConfig):
+        if overrides:
+            from securefvpa.config import config_to_dict, set_dotted
+
+            raw = config_to_dict(config)
+            for k, v in overrides.items():
+                set_dotted(raw, k, v)
+            return config_from_dict(raw)
+        config.validate()
+        return config
+    if isinstance(config, dict):
+        from securefvpa.config import set_dotted
+
+        raw = json.loads(json.dumps(config))  # a deep copy; the caller's dict is not changed
+        for k, v in (overrides or {}).items():
+            set_dotted(raw, k, v)
+        return config_from_dict(raw)
+    if isinstance(config, str | Path):
+        return load_config(config, overrides)
+    raise ConfigError(
+        f"config must be a TOML path, a dict or a RunConfig. Found {type(config).__name__}."
+    )
+
+
+def prepare_run_dir(cfg: RunConfig, out: Path, *, resume: bool) -> RunDir:
+    """Check ``out`` for this run (new, or a resume of the same config) and write the config."""
+    rd = RunDir(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a directory")
     text = dump_config(cfg)
-    if resolved.exists():
-        if not resume:
-            if (out / "metrics.json").exists() or (out / "server_state.npz").exists():
-                raise ConfigError(
-                    f"run directory {str(out)!r} already holds a run; use --resume or a new --out"
-                )
-        elif resolved.read_text() != text:
+    if resume:
+        if not rd.config.is_file():
+            raise ConfigError(f"--resume: {str(rd.config)!r} not found; nothing to resume")
+        if rd.config.read_text(encoding="utf-8") != text:
             raise ConfigError(
-                f"--resume: the config differs from {str(resolved)!r}; resume with the same config"
+                f"--resume: the config differs from {str(rd.config)!r}; resume with the same config"
             )
-    elif resume:
-        raise ConfigError(f"--resume: {str(resolved)!r} not found; nothing to resume")
-    atomic_write_text(resolved, text)
+        return rd
+    if rd.config.exists() and (rd.metrics.exists() or rd.checkpoint.exists()):
+        raise ConfigError(
+            f"run directory {str(out)!r} already holds a run; use --resume or a new --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rd.config, text)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r} cannot be written: {exc}") from None
+    return rd
+
+
+def environment() -> dict[str, Any]:
+    """What a seeded run's numbers can depend on besides the config (recorded in metrics)."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+    }
 
 
 def run(
-    config_path: str | Path,
+    config: str | Path | RunConfig | dict[str, Any],
     out: str | Path,
     *,
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    cfg = load_config(config_path, overrides)
-    out = Path(out)
-    prepare_run_dir(cfg, out, resume=resume)
+) -> RunResult:
+    """Run ``config`` into the run directory ``out``; see the module docstring."""
+    cfg = resolve_config(config, overrides)
+    rd = prepare_run_dir(cfg, Path(out), resume=resume)
     from securefvpa.data.load import load_dataset
 
-    t0 = time.perf_counter()
-    pairs, split, info = load_dataset(cfg)
-    log.info(
-        "data: %d pairs, %d seen and %d unseen users (%.1f s)",
-        pairs.n_pairs,
-        len(split.seen),
-        len(split.unseen),
-        time.perf_counter() - t0,
-    )
+    def load() -> tuple[Any, Any, dict[str, Any]]:
+        t0 = time.perf_counter()
+        pairs, split, info = load_dataset(cfg)
+        log.info(
+            "data: %d pairs, %d seen and %d unseen users (%.1f s)",
+            pairs.n_pairs,
+            len(split.seen),
+            len(split.unseen),
+            time.perf_counter() - t0,
+        )
+        return pairs, split, _jsonable(info | {"environment": environment()})
+
     if cfg.federation.mode == "central":
         if cfg.privacy.enabled:
             raise ConfigError(
@@ -73,33 +169,22 @@ def run(
             )
         from securefvpa.train.central import run_central
 
+        pairs, split, info = load()
         metrics = run_central(cfg, pairs, split)
-        metrics["data"] = _jsonable(info)
-        _write_json(out / "metrics.json", metrics)
-        return metrics
-    from securefvpa.fl import driver
+        metrics["data"] = info
+        atomic_write_text(rd.metrics, json.dumps(metrics, indent=2, default=str))
+        return RunResult(rd.root, metrics)
+    from securefvpa.fl import launch
+    from securefvpa.rounds.prepare import prepare_or_resume
 
-    if not resume or not (out / driver.MANIFEST).exists():
-        driver.prepare_federated_run(cfg, pairs, split, out)
-    if cfg.privacy.enabled:
-        from securefvpa.dp_plan import start_ledger
-
-        start_ledger(cfg, out)
+    prepare_or_resume(cfg, rd, resume=resume, load=load)
     if cfg.federation.mode == "simulation":
-        driver.run_simulation_mode(cfg, out, resume=resume)
-    else:
-        driver.run_deployment_mode(cfg, out, resume=resume, app_dir=APP_DIR)
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["data"] = _jsonable(info)
-    _write_json(out / "metrics.json", metrics)
-    if cfg.privacy.enabled and metrics.get("privacy_report"):
-        metrics["report_html"] = metrics["privacy_report"]["html"]
-    return dict(metrics)
+        metrics = launch.run_simulation_mode(cfg, rd, resume=resume)
+    else:  # the ServerApp runs under the SuperLink and leaves its metrics in the run directory
+        launch.run_deployment_mode(cfg, rd, resume=resume, app_dir=APP_DIR)
+        metrics = json.loads(rd.metrics.read_text(encoding="utf-8"))
+    return RunResult(rd.root, metrics)
 
 
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str))

@@ -13,14 +13,15 @@ What it does, in order (every process on 127.0.0.1, every port picked free):
    dependencies, i.e. a CUDA torch);
 3. start ``securefvpa run CONFIG --out RUN_DIR`` with ``federation.mode = "deployment"`` and
    ``federation.superlink = "securefvpa-local"``: it prepares the data, writes one partition file
-   per client and ``manifest.json``, then submits the app with ``flwr run`` (see
-   ``securefvpa.fl.driver.run_deployment_mode``); the ServerApp waits for ``manifest["clients"]``
-   nodes (training + unseen-user clients);
+   per client, ``manifest.json`` and one node config per client (``RUN_DIR/nodes/``), then
+   submits the app with ``flwr run`` (see ``securefvpa.fl.launch.run_deployment_mode``); the
+   ServerApp waits for ``manifest["clients"]`` nodes (training + unseen-user clients);
 4. read that count from ``RUN_DIR/manifest.json``, make one P-384 key pair per SuperNode, register
    each public key with ``flwr supernode register`` and start that many ``flower-supernode``
-   processes with ``--node-config "partition-id=i num-partitions=N"``, TLS root certificate and
-   their private key (with ``--node-data``, each node also gets only its own partition file, in
-   a folder of its own passed as node config ``data-dir``);
+   processes with ``--node-config "partition-id=i num-partitions=N node-config='…'"``: every
+   path the node reads or writes comes from that file, never from the server (with
+   ``--node-data``, each node also gets only its own partition file and its own node config in a
+   folder of its own); TLS root certificate and their private key;
 5. wait for the run, then stop every process it started (SIGTERM, wait, SIGKILL), including the
    SuperExec / ServerApp / ClientApp processes Flower spawns in new sessions: the launcher makes
    itself a child subreaper (Linux ``prctl``), so those are re-parented to it and found by walking
@@ -38,6 +39,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -397,8 +399,31 @@ def register_supernode(pub: Path, name: str, env: dict[str, str], log: Path) -> 
                           f"{reg.returncode}); see {log}")
 
 
+def node_config_path(run_dir: Path, index: int) -> Path:
+    return run_dir / "nodes" / f"node_{index:05d}.toml"
+
+
+def wait_node_configs(run_dir: Path, n: int, since_ns: int, proc: subprocess.Popen[bytes],
+                      timeout: float, log: Path) -> None:
+    """Wait until ``securefvpa run`` has written the node configs of all ``n`` clients."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if all(node_config_path(run_dir, i).stat().st_mtime_ns >= since_ns for i in range(n)):
+                return
+        if proc.poll() is not None:
+            raise LaunchError(f"`securefvpa run` exited with status {proc.returncode} before "
+                              f"writing the node configs; see {log}:\n{_tail(log)}")
+        time.sleep(0.2)
+    raise LaunchError(f"node configs under {run_dir / 'nodes'} were not written within "
+                      f"{timeout:.0f} s; see {log}")
+
+
 def isolate_partition(run_dir: Path, index: int) -> Path:
-    """Move partition ``index`` into a folder of its own, as on a separate machine."""
+    """Move partition ``index`` into a folder of its own, as on a separate machine, and give the
+    node a node config of its own there that names the moved file. Returns that node config."""
+    from securefvpa.rundir import read_node_config, write_node_config
+
     folder = run_dir / "node-data" / f"supernode-{index}"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"client_{index:05d}.npz"
@@ -407,7 +432,9 @@ def isolate_partition(run_dir: Path, index: int) -> Path:
         os.replace(src, folder / name)
     elif not (folder / name).exists():
         raise LaunchError(f"partition file {src} not found")
-    return folder
+    node = read_node_config(node_config_path(run_dir, index))
+    own = dataclasses.replace(node, partition=str((folder / name).resolve()))
+    return write_node_config(folder / "node.toml", own)
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -451,13 +478,14 @@ def launch(args: argparse.Namespace) -> int:
                 f"that many SuperNodes. Change data.users / federation.users_per_client / "
                 f"data.unseen_share, or pass --supernodes {n}.")
 
+        wait_node_configs(run_dir, n, since, run, args.timeout, log_dir / "run.log")
         ports = free_ports(n)
         for i in range(n):
             # TLS to the SuperLink (verified against the CA) and on the node's own Runtime API,
-            # which its ClientApp processes call on loopback.
-            node_config = f"partition-id={i} num-partitions={n}"
-            if args.node_data:
-                node_config += f' data-dir="{isolate_partition(run_dir, i)}"'
+            # which its ClientApp processes call on loopback. Every path the node reads or
+            # writes comes from its node config file, never from the server.
+            own = isolate_partition(run_dir, i) if args.node_data else node_config_path(run_dir, i)
+            node_config = f'partition-id={i} num-partitions={n} node-config="{own}"'
             cmd = [str(BIN / "flower-supernode"), "--root-certificates", str(ca),
                    "--superlink", f"127.0.0.1:{link_port}", *tls, "--host", "127.0.0.1",
                    "--port", str(ports[i]), "--node-config", node_config]

@@ -5,14 +5,14 @@ What runs (nothing is simulated or replaced):
 1. the run's real data (``load_dataset``) plus m canaries (:mod:`securefvpa.audit.canaries`),
    embedded by the same frozen encoder and cache, each in one seen user's train rows, trained in
    its audited orientation when a member and flipped otherwise (replace-one neighbours);
-2. the run's client partitions (``fl.partition.make_partitions``) and, per round, the
-   production client sampling rule, budget guard and client step: every sampled client runs
-   ``train.private.private_train_steps`` (Opacus per-episode clipping, CSPRNG Poisson sampling
-   and noise) with the production DP settings (sigma from ``dp_plan.resolve_sigma`` at the
-   run's ``resolve_delta``), seeded exactly like ``train.client.local_train_round``, and the
-   server takes the weighted FedAvg ``theta += sum(w * delta) / sum(w)`` of ``server_app``.
-   The federation is run in-process (no Flower transport, no secure aggregation: the summed
-   update is the same, and SecAgg's quantisation is post-processing of each client's output);
+2. the run directory prepared exactly as ``securefvpa run`` prepares one
+   (``rounds.prepare``: partitions with the canaries, privacy plan, ledger, node configs), and
+   the rounds of the production round engine (``rounds.engine.run_rounds``: client sampling,
+   budget guard and ledger, ``train.client.local_train_round`` with Opacus per-episode
+   clipping, CSPRNG Poisson sampling and noise, the weighted mean and the configured server
+   optimiser) over the in-process transport (``rounds.local.LocalTransport``: no Flower
+   messages, no secure aggregation — the summed update is the same, and SecAgg's quantisation
+   is post-processing of each client's output);
 3. scores: the final global model's Bradley–Terry margin r(chosen) - r(rejected) of each canary
    in its audited orientation, conditioned on the holder's real train pairs ("user") or on an
    empty context. For a BT loss this equals the white-box loss difference
@@ -36,7 +36,6 @@ import dataclasses
 import html
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -63,9 +62,10 @@ REPORT_HTML = "audit.html"
 _SECTION_START = "<!-- securefvpa-audit:start -->"
 _SECTION_END = "<!-- securefvpa-audit:end -->"
 FEDERATION_NOTE = (
-    "in-process FedAvg over the production client DP-SGD step "
-    "(securefvpa.train.private.private_train_steps, production DPSettings, server_app sampling "
-    "rule and weighting); no Flower transport, no secure aggregation"
+    "the production round engine (securefvpa.rounds.engine.run_rounds: sampling, budget guard, "
+    "ledger, weighted mean, configured server optimiser) over the in-process transport "
+    "(securefvpa.rounds.local.LocalTransport, production client DP-SGD step); no Flower "
+    "messages, no secure aggregation (same sum)"
 )
 CP_NOTE = (
     "indicative only: Clopper-Pearson assumes independent trials, but all canaries share one "
@@ -73,97 +73,69 @@ CP_NOTE = (
 )
 
 
-def _train_dp(sigma: float, cfg: RunConfig, inject: str) -> Any:
-    from securefvpa.train.private import DPSettings
+def _train_dp(plan: Any, inject: str) -> Any:
+    """The DP settings used for *training*: the plan's, or an injected fault (the ledger and the
+    claim always keep the plan's)."""
+    from securefvpa.privacy.plan import DPSettings
 
-    p = cfg.privacy
+    dp = plan.dp_settings()
     if inject == "no_noise":
-        return DPSettings(0.0, p.clip, p.sample_rate, p.grad_sample_mode)
+        return dataclasses.replace(dp, noise_multiplier=0.0)
     if inject == "no_clip":
         big = 1e6  # clipping never binds; noise std sigma * clip kept as configured
-        return DPSettings(sigma * p.clip / big, big, p.sample_rate, p.grad_sample_mode)
-    return DPSettings(sigma, p.clip, p.sample_rate, p.grad_sample_mode)
+        return DPSettings(
+            noise_multiplier=dp.noise_multiplier * dp.clip / big,
+            clip=big,
+            sample_rate=dp.sample_rate,
+            grad_sample_mode=dp.grad_sample_mode,
+        )
+    return dp
 
 
-def _sample(cfg: RunConfig, rnd: int, eligible: list[int]) -> list[int]:
-    """``ServerLoop.sample`` of ``fl.server_app``: same count and same seeded draw."""
-    fed = cfg.federation
-    if len(eligible) < fed.min_fit_clients:
-        return []
-    k = min(len(eligible), max(fed.min_fit_clients, math.ceil(fed.fraction_fit * len(eligible))))
-    rng = np.random.default_rng([cfg.seed, rnd, 0x5A])
-    return [eligible[i] for i in sorted(rng.choice(len(eligible), size=k, replace=False))]
+def train_federated(
+    cfg: RunConfig, data: CanaryData, inject: str, work_dir: Path
+) -> dict[str, Any]:
+    """Run the private federation in-process through the round engine; returns final params,
+    the ledger's events and statistics.
 
+    ``work_dir`` becomes a prepared run directory (partitions with the canaries, manifest,
+    privacy plan, ledger, node configs), exactly as ``securefvpa run`` prepares one; the rounds
+    run over :class:`securefvpa.rounds.local.LocalTransport` (no Flower transport).
+    """
+    from securefvpa.privacy.ledger import Ledger
+    from securefvpa.privacy.plan import load_plan
+    from securefvpa.rounds.engine import run_rounds
+    from securefvpa.rounds.finish import initial_parameters
+    from securefvpa.rounds.local import LocalTransport
+    from securefvpa.rounds.prepare import prepare_local
+    from securefvpa.rundir import RunDir
 
-def train_federated(cfg: RunConfig, data: CanaryData, inject: str) -> dict[str, Any]:
-    """Run the private federation in-process; returns final params, events and statistics."""
-    import torch
-
-    from securefvpa.dp_plan import RELATION, resolve_delta, resolve_sigma
-    from securefvpa.fl.partition import make_partitions
-    from securefvpa.models.factory import build_model
-    from securefvpa.privacy.events import DpSgdEvent
-    from securefvpa.privacy.guard import BudgetGuard
-    from securefvpa.train.client import client_id
-    from securefvpa.train.params import load_arrays, model_to_arrays
-    from securefvpa.train.private import private_train_steps
-
-    parts = [p for p in make_partitions(data.train_pairs, data.split, cfg.federation, cfg.seed)
-             if p.role == "train"]
-    delta = resolve_delta(cfg, max(p.n_train_pairs for p in parts))
-    sigma = resolve_sigma(cfg, delta)
-    dp = _train_dp(sigma, cfg, inject)
-    p, fed = cfg.privacy, cfg.federation
-    guard = BudgetGuard(p.budget_epsilon, delta, p.accountant)
-    n_types = max(1, len(data.train_pairs.type_names))
-    dim = data.train_pairs.dim
-    params = model_to_arrays(build_model(cfg.model, embed_dim=dim, n_types=n_types, seed=cfg.seed))
-    events: dict[str, list[DpSgdEvent]] = {}
-    exhausted: set[int] = set()
-    declined = 0
-    losses: list[float] = []
+    if not cfg.privacy.enabled:
+        raise ConfigError("the audit needs privacy.enabled = true")
+    rd = RunDir(work_dir)
+    for stale in (rd.default_ledger, rd.plan, rd.journal):
+        stale.unlink(missing_ok=True)
+    manifest, nodes = prepare_local(cfg, data.train_pairs, data.split, rd, data={})
+    plan = load_plan(cfg, rd)
+    if plan is None:  # prepare_local writes it for every DP config
+        raise ConfigError(f"no privacy plan in {str(rd.plan)!r} after preparing the audit run")
     start = time.perf_counter()
-    for rnd in range(1, fed.rounds + 1):
-        eligible = [q.partition_id for q in parts if q.partition_id not in exhausted]
-        sampled = _sample(cfg, rnd, eligible)
-        if not sampled:
-            break
-        acc = {k: np.zeros_like(v, dtype=np.float64) for k, v in params.items()}
-        total_w = 0.0
-        for pid in sampled:
-            part = parts[pid]
-            cid = client_id(pid)
-            event = DpSgdEvent(cid, rnd, sigma, p.sample_rate, fed.local_steps, p.clip, RELATION)
-            if not guard.check(cid, events.get(cid, []), event).allowed:
-                exhausted.add(pid)
-                declined += 1
-                continue
-            # Seeding of train.client.local_train_round (non-secret randomness only).
-            seeds = np.random.SeedSequence([cfg.seed, rnd, pid, 0xC1])
-            torch.manual_seed(int(seeds.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-            rng = np.random.default_rng(seeds)
-            model = build_model(cfg.model, embed_dim=dim, n_types=n_types, seed=cfg.seed)
-            load_arrays(model, params)
-            stats = private_train_steps(
-                model, part.pairs, part.users, steps=fed.local_steps, train_cfg=cfg.train, dp=dp,
-                rng=rng, step_offset=(rnd - 1) * fed.local_steps,
-                total_steps=fed.rounds * fed.local_steps,
-            )
-            events.setdefault(cid, []).append(event)  # committed before the update is used
-            if math.isfinite(stats.mean_loss):
-                losses.append(stats.mean_loss)
-            local = model_to_arrays(model)
-            w = float(part.n_train_pairs)
-            for k in acc:
-                acc[k] += (local[k].astype(np.float64) - params[k].astype(np.float64)) * w
-            total_w += w
-        if total_w > 0:
-            params = {k: (params[k].astype(np.float64) + acc[k] / total_w).astype(params[k].dtype)
-                      for k in params}
+    result = run_rounds(
+        LocalTransport(nodes, dp=_train_dp(plan, inject), evaluate=False),
+        cfg,
+        initial_params=initial_parameters(cfg, manifest),
+    )
+    with Ledger(plan.ledger) as ledger:
+        events = ledger.events_by_client()
     return {
-        "params": params, "events": events, "delta": delta, "sigma": sigma, "dp": dp,
-        "clients": len(parts), "declined": declined, "seconds": time.perf_counter() - start,
-        "mean_local_loss": float(np.mean(losses)) if losses else None,
+        "params": result.params,
+        "events": events,
+        "delta": plan.delta,
+        "sigma": plan.noise_multiplier,
+        "dp": _train_dp(plan, inject),
+        "clients": manifest.train_clients,
+        "declined": sum(len(r.get("declined", [])) for r in result.rounds),
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -186,8 +158,8 @@ def canary_scores(cfg: RunConfig, data: CanaryData, params: dict[str, np.ndarray
     ]
     out = []
     for i in range(0, len(episodes), 256):
-        delta = model.infer(collate(data.audit_pairs, episodes[i : i + 256]))["delta"]
-        out.append(delta[:, 0].numpy().astype(np.float64))
+        margin = model.infer(collate(data.audit_pairs, episodes[i : i + 256]))["margin"]
+        out.append(margin[:, 0].numpy().astype(np.float64))
     return np.concatenate(out)
 
 
@@ -252,7 +224,7 @@ def run_audit(config_path: str | Path, out_dir: str | Path, *,
     emb = embed_canaries(design, model_path=e.model_path, cache_dir=e.cache_dir,
                          max_tokens=e.max_tokens, batch_size=e.batch_size)
     data = insert_canaries(pairs, split, design, emb)
-    trained = train_federated(cfg, data, settings.inject)
+    trained = train_federated(cfg, data, settings.inject, out / "federation")
     scores = canary_scores(cfg, data, trained["params"], settings.score_context)
     delta = float(trained["delta"])
     per_client = {c: epsilon(ev, delta, accountant=cfg.privacy.accountant)
@@ -283,7 +255,7 @@ def run_audit(config_path: str | Path, out_dir: str | Path, *,
         "claim": {
             "epsilon": claimed, "delta": delta, "accountant": cfg.privacy.accountant,
             "relation": "replace_one", "noise_multiplier": trained["sigma"],
-            "sigma_source": "config" if cfg.privacy.noise_multiplier > 0 else "calibrated",
+            "sigma_source": "calibrated" if cfg.privacy.calibrate_sigma else "config",
             "target_epsilon": cfg.privacy.target_epsilon, "clip": cfg.privacy.clip,
             "sample_rate": cfg.privacy.sample_rate,
             "per_client_epsilon": per_client,
@@ -295,7 +267,6 @@ def run_audit(config_path: str | Path, out_dir: str | Path, *,
             "sample_rate": dp.sample_rate, "rounds": cfg.federation.rounds,
             "local_steps": cfg.federation.local_steps, "training_clients": trained["clients"],
             "declined_client_rounds": trained["declined"],
-            "mean_local_loss": trained["mean_local_loss"],
             "seconds": round(trained["seconds"], 2),
             "heldout_accuracy_canary_holders": heldout_accuracy(cfg, data, trained["params"]),
             "model": cfg.model.kind,

@@ -3,7 +3,8 @@
 A training client holds ``federation.users_per_client`` seen users (all of one type when
 ``federation.type_mix = "pure"``, any types when ``"mixed"``); an evaluation-only client holds
 unseen users, who never train and are scored from their context pairs alone. Each partition is
-written to its own ``.npz`` file so a client process reads only its own pairs.
+written to its own ``.npz`` file (path from :class:`securefvpa.rundir.RunDir`) so a client
+process reads only its own pairs; the file a node reads is named by its own node config.
 
 Imports neither torch nor flwr.
 """
@@ -34,6 +35,11 @@ class ClientPartition:
     @property
     def n_train_pairs(self) -> int:
         return int(sum(len(u.train_rows) for u in self.users))
+
+    @property
+    def n_train_users(self) -> int:
+        """Users with at least one train pair (the privacy units under ``unit = "user"``)."""
+        return int(sum(len(u.train_rows) > 0 for u in self.users))
 
 
 def group_users(
@@ -91,12 +97,9 @@ def make_partitions(
     return parts
 
 
-def partition_path(directory: Path, partition_id: int) -> Path:
-    return directory / f"client_{partition_id:05d}.npz"
-
-
-def save_partition(part: ClientPartition, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+def save_partition(part: ClientPartition, path: Path) -> Path:
+    """Write ``part`` to ``path`` atomically (``.npz``, no pickles)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     p = part.pairs
     meta = {
         "schema": PARTITION_SCHEMA,
@@ -117,7 +120,6 @@ def save_partition(part: ClientPartition, directory: Path) -> Path:
             for u in part.users
         ],
     }
-    path = partition_path(directory, part.partition_id)
     arrays = {
         "prompt": p.prompt,
         "chosen": p.chosen,
@@ -133,10 +135,17 @@ def save_partition(part: ClientPartition, directory: Path) -> Path:
     return path
 
 
-def load_partition(directory: Path, partition_id: int) -> ClientPartition:
-    path = partition_path(directory, partition_id)
+def load_partition(path: Path) -> ClientPartition:
+    """Read a partition file; a missing, damaged or other-schema file is a :class:`DataError`."""
     if not path.is_file():
-        raise DataError(f"no partition file for partition-id {partition_id}: {str(path)!r}")
+        raise DataError(f"partition file not found: {str(path)!r}")
+    try:
+        return _load_partition(path)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"partition file {str(path)!r} is unreadable: {exc}") from None
+
+
+def _load_partition(path: Path) -> ClientPartition:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(bytes(z["meta"]).decode("utf-8"))
         if meta.get("schema") != PARTITION_SCHEMA:

@@ -2,11 +2,11 @@
 
 Stage 1 sends the global parameters with ``secagg-stage = "train"``: sampled clients train and
 keep their update (see ``secagg_mod``). Stage 2 drives ``securefvpa.secagg.SecAggServer`` over
-the clients that trained: five request/reply exchanges of protocol bytes, each a Flower
-``train`` message. A client that fails or times out in any phase is a dropout; the protocol
-recovers the sum of the survivors when at least the threshold remain and aborts otherwise.
-The server only ever holds masked vectors and the final ring sum, decoded into the weighted
-mean ``sum_i w_i delta_i / sum_i w_i`` over the clients whose masked input was summed.
+the clients that trained: request/reply exchanges of protocol bytes, each a Flower ``train``
+message. A client that fails or times out in any phase is a dropout; the protocol recovers the
+sum of the survivors when at least the threshold remain and aborts otherwise. The server only
+ever holds masked vectors and the final ring sum, decoded into the weighted mean
+``sum_i w_i u_i / sum_i w_i`` over the clients whose masked input was summed.
 """
 
 from __future__ import annotations
@@ -14,58 +14,85 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
+from flwr.app import Message
 
+from securefvpa.config import RunConfig
 from securefvpa.errors import FederationError, ProtocolAbort
-from securefvpa.fl.messages import (
-    config_value,
-    get_record,
+from securefvpa.fl.wire import (
+    MSG_TRAIN,
+    REPLY,
+    STAGE_PROTOCOL,
+    STAGE_TRAIN,
+    Instruction,
+    ProtocolReply,
+    get_config,
     make_content,
 )
-from securefvpa.fl.secagg_mod import fixed_point_spec, session_id, unflatten
+from securefvpa.rounds.encoding import fixed_point_spec, session_id, unflatten, vector_length
+from securefvpa.rounds.engine import NodeInfo, RoundOutcome
+from securefvpa.rundir import Manifest
 from securefvpa.secagg import SecAggServer
 from securefvpa.secagg.graph import MIN_PARTICIPANTS
 from securefvpa.secagg.quantization import decode_weighted_mean
 
-if TYPE_CHECKING:
-    from securefvpa.fl.server_app import NodeInfo, RoundOutcome, ServerLoop
+
+class SecureTransport(Protocol):
+    """What the secure round needs from the server's transport (``server_app.FlowerTransport``,
+    which imports this module; this module never imports it)."""
+
+    cfg: RunConfig
+    cfg_hash: str
+    manifest: Manifest
+    roster: Any
+
+    def send(self, messages: list[Message]) -> list[Message]: ...
+
+    def message(self, node: NodeInfo, message_type: str, content: Any) -> Message: ...
+
+    def train_and_collect(
+        self, rnd: int, sampled: list[NodeInfo], content: Any
+    ) -> tuple[list[tuple[NodeInfo, Message, Any]], RoundOutcome]: ...
+
 
 log = logging.getLogger("securefvpa.fl.secagg")
 
 _SESSION_NONCE = os.urandom(16).hex()  # a fresh protocol session per server process
 
 
-def secure_fedavg(
-    loop: ServerLoop, rnd: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
+def secure_train_round(
+    t: SecureTransport,
+    rnd: int,
+    attempt: int,
+    sampled: list[NodeInfo],
+    params: dict[str, np.ndarray],
 ) -> RoundOutcome:
-    from securefvpa.fl.driver import read_manifest
-    from securefvpa.fl.secagg_keys import load_roster, roster_path
-    from securefvpa.fl.server_app import train_and_collect
-
-    cfg = loop.cfg
+    cfg = t.cfg
     t0 = time.perf_counter()
-    base = loop.base_config(rnd) | {"secagg": True}
-    content = make_content(arrays=params, config=base | {"secagg-stage": "train"})
-    ok, out = train_and_collect(loop, rnd, sampled, content)
-    ready = [node for node, _ in ok]
+    base = Instruction(round=rnd, attempt=attempt, config_hash=t.cfg_hash, secagg=True)
+    train_ins = Instruction(**{**base.__dict__, "secagg_stage": STAGE_TRAIN})
+    ok, out = t.train_and_collect(rnd, sampled, make_content(arrays=params, config=train_ins))
+    ready = [node for node, _, _ in ok]
     train_seconds = time.perf_counter() - t0
-    if len(ready) < max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients):
+    minimum = max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients)
+    if len(ready) < minimum:
         log.warning(
             "round %d: %d clients trained; secure aggregation needs at least %d",
             rnd,
             len(ready),
-            max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients),
+            minimum,
         )
         return out
 
-    manifest = read_manifest(loop.run_dir)
-    spec = fixed_point_spec(cfg, manifest)
-    d = int(sum(v.size for v in params.values()))
+    spec = fixed_point_spec(
+        cfg, max_weight=t.manifest.max_train_pairs, max_clients=t.manifest.train_clients
+    )
+    d = vector_length(params)
     node_of = {n.partition_id: n for n in ready}
     pid_of = {n.node_id: n.partition_id for n in ready}
-    sid = session_id(loop.cfg_hash, _SESSION_NONCE)
+    sid = session_id(t.cfg_hash, _SESSION_NONCE)
     server = SecAggServer(
         session_id=sid,
         round_id=rnd,
@@ -74,22 +101,31 @@ def secure_fedavg(
         bits=cfg.secagg.bits,
         degree=cfg.secagg.degree,
         threshold_fraction=cfg.secagg.threshold,
-        roster=load_roster(roster_path(loop.run_dir)),
+        roster=t.roster,
     )
     requests = server.start()
     phases = 0
     try:
         while requests:
             phases += 1
-            msgs = []
-            for pid, data in requests.items():
-                cfg_values = base | {
-                    "secagg-stage": "protocol",
-                    "secagg-payload": data,
-                    "secagg-session": sid.hex(),
-                }
-                msgs.append(loop.message(node_of[pid], "train", make_content(config=cfg_values)))
-            for r in loop.send(msgs):
+            msgs = [
+                t.message(
+                    node_of[pid],
+                    MSG_TRAIN,
+                    make_content(
+                        config=Instruction(
+                            **{
+                                **base.__dict__,
+                                "secagg_stage": STAGE_PROTOCOL,
+                                "secagg_payload": data,
+                                "secagg_session": sid.hex(),
+                            }
+                        )
+                    ),
+                )
+                for pid, data in requests.items()
+            ]
+            for r in t.send(msgs):
                 pid = pid_of.get(r.metadata.src_node_id)
                 if pid is None:
                     continue
@@ -101,10 +137,12 @@ def secure_fedavg(
                         r.error.reason[:200],
                     )
                     continue
-                server.receive(
-                    pid,
-                    config_value(get_record(r.content, "reply", "config"), "secagg-payload", bytes),
-                )
+                try:
+                    payload = get_config(r.content, REPLY, ProtocolReply).secagg_payload
+                except FederationError as exc:
+                    log.warning("round %d: client %d sent a malformed reply: %s", rnd, pid, exc)
+                    continue
+                server.receive(pid, payload)
             requests = server.advance()
     except ProtocolAbort as exc:
         raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
@@ -119,6 +157,8 @@ def secure_fedavg(
     out.extra = {
         "secagg": {
             "contributors": len(contributors),
+            "threshold": server.threshold,
+            "participants": len(node_of),
             "phases": phases,
             "train_seconds": train_seconds,
             "protocol_seconds": time.perf_counter() - t0 - train_seconds,

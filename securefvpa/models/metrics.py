@@ -32,19 +32,19 @@ COLLAPSE_KL_PER_DIM = 0.01
 COLLAPSE_MI_BITS = 0.05
 
 
-def preference_accuracy(delta: npt.ArrayLike) -> float:
-    """Share of reward differences > 0 (ties count 1/2); NaN-free input required."""
-    d = np.asarray(delta, dtype=np.float64).ravel()
+def preference_accuracy(margin: npt.ArrayLike) -> float:
+    """Share of reward margins r(chosen) - r(rejected) > 0 (ties count 1/2); NaN-free input."""
+    d = np.asarray(margin, dtype=np.float64).ravel()
     if d.size == 0:
         raise DataError("preference_accuracy needs at least one pair. Found 0.")
     if not np.all(np.isfinite(d)):
-        raise DataError(f"reward differences must be finite. Found {d[~np.isfinite(d)][0]!r}.")
+        raise DataError(f"reward margins must be finite. Found {d[~np.isfinite(d)][0]!r}.")
     return float(np.mean((d > 0) + 0.5 * (d == 0)))
 
 
-def pair_correct(delta: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Per-pair correctness (1, 0, or 1/2 for a tie)."""
-    d = np.asarray(delta, dtype=np.float64)
+def pair_correct(margin: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per-pair correctness of reward margins (1, 0, or 1/2 for a tie)."""
+    d = np.asarray(margin, dtype=np.float64)
     return (d > 0).astype(np.float64) + 0.5 * (d == 0)
 
 

@@ -207,7 +207,7 @@ class PreferenceModel(nn.Module):
         out["cond"] = q_c if self.conditioning == "mixture-heads" else torch.cat([z, q_c], dim=-1)
         return out
 
-    def _deltas(
+    def _margins(
         self,
         chosen: torch.Tensor,
         rejected: torch.Tensor,
@@ -248,9 +248,9 @@ class PreferenceModel(nn.Module):
             type_index,
             sample=self.training,
         )
-        delta = self._deltas(tgt_chosen, tgt_rejected, tgt_len, tgt_mask, lat["cond"])
-        mask_f = tgt_mask.to(delta.dtype)
-        nll = (F.softplus(-delta) * mask_f).sum(-1) / mask_f.sum(-1).clamp_min(1.0)
+        margin = self._margins(tgt_chosen, tgt_rejected, tgt_len, tgt_mask, lat["cond"])
+        mask_f = tgt_mask.to(margin.dtype)
+        nll = (F.softplus(-margin) * mask_f).sum(-1) / mask_f.sum(-1).clamp_min(1.0)
         kl_term, ortho = cast(torch.Tensor, lat["kl"]), cast(torch.Tensor, lat["ortho"])
         loss = nll + self.beta * self.kl_weight * kl_term + self.ortho_weight * ortho
         diag = {"nll": nll.detach(), "kl": kl_term.detach(), "ortho": ortho.detach()}
@@ -264,7 +264,7 @@ class PreferenceModel(nn.Module):
     def infer(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
         """Deterministic evaluation pass (z = posterior mean, exact expectations).
 
-        Returns ``delta`` [B, Kt] (reward differences, 0 where padded), ``kl`` [B] and, for latent
+        Returns ``margin`` [B, Kt] (reward margins r(chosen) - r(rejected), 0 where padded), ``kl`` [B] and, for latent
         models, ``mu``/``logvar`` [B, L] and ``comp_probs`` [B, K] = q(c | ctx) at z = mu.
         """
         was_training = self.training
@@ -276,7 +276,7 @@ class PreferenceModel(nn.Module):
                 batch.type_index,
                 sample=False,
             )
-            delta = self._deltas(
+            margin = self._margins(
                 batch.tgt_chosen,
                 batch.tgt_rejected,
                 batch.tgt_len,
@@ -285,7 +285,7 @@ class PreferenceModel(nn.Module):
             )
         finally:
             self.train(was_training)
-        out: dict[str, torch.Tensor] = {"delta": delta}
+        out: dict[str, torch.Tensor] = {"margin": margin}
         for key in ("kl", "mu", "logvar"):
             value = lat.get(key)
             if value is not None:

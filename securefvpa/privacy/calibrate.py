@@ -30,7 +30,7 @@ MAX_NOISE_MULTIPLIER = 1e4
 
 def _planned(sigma: float, sample_rate: float, steps: int, rounds: int, relation: str) -> list:
     return [
-        DpSgdEvent("calibration", r, sigma, sample_rate, steps, 1.0, relation)  # type: ignore[arg-type]
+        DpSgdEvent(client_id="calibration", round=r, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, clip=1.0, relation=relation)  # type: ignore[arg-type]
         for r in range(rounds)
     ]
 

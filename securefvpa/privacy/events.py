@@ -11,13 +11,18 @@ Contract (never changes meaning within a schema version):
   one unit, so a substitution changes one clipped unit gradient ``g -> g'`` with
   ``||g||, ||g'|| <= clip``.
   ``"add_remove_one"`` - adding or removing one pair, valid where one pair is one unit.
+* ``attempt`` numbers the attempts of one round (1 = first). A round interrupted by a crash is
+  re-run as attempt 2, 3, ... after ``--resume``; every attempt that ran is its own event and is
+  counted once (its update may have left the client before the crash).
 * ``noise_multiplier`` is sigma = noise std / per-unit norm bound ``clip`` under BOTH relations.
   It is *not* noise std / L2-sensitivity: under ``replace_one`` the sensitivity is ``2 * clip``.
   dp-accounting's PLD REPLACE adjacency models exactly this (the pair N(-C), N(+C)); see
   :mod:`securefvpa.privacy.accountant` and ``tests/privacy/test_accountant.py``.
 
 Events serialise to canonical JSON (sorted keys, no whitespace, exact float repr) carrying
-:data:`EVENT_SCHEMA_VERSION`; that text is what the ledger hashes.
+:data:`EVENT_SCHEMA_VERSION`; that text is what the ledger hashes. Schema 1 (before ``attempt``)
+is still read, as attempt 1. Every field is keyword-only: swapping sigma and q cannot pass
+silently.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from securefvpa.errors import AccountingError
 
 Relation = Literal["replace_one", "add_remove_one"]
 RELATIONS: tuple[str, ...] = get_args(Relation)
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 2  # 2: ``attempt`` (crash recovery); 1 is read as attempt 1
 EVENT_KIND = "dp_sgd"
 _MAX_CLIENT_ID_LEN = 256
 
 _FIELDS = (
     "client_id",
     "round",
+    "attempt",
     "noise_multiplier",
     "sample_rate",
     "steps",
@@ -97,11 +103,11 @@ def neighboring_relation(relation: str) -> dp_accounting.NeighboringRelation:
     return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DpSgdEvent:
-    """``steps`` Poisson-sampled Gaussian DP-SGD steps of one client in one round.
+    """``steps`` Poisson-sampled Gaussian DP-SGD steps of one client in one round attempt.
 
-    Validated at construction; every error names the bad value.
+    Validated at construction; every error names the bad value. Keyword-only.
     """
 
     client_id: str
@@ -111,11 +117,14 @@ class DpSgdEvent:
     steps: int
     clip: float
     relation: Relation = "replace_one"
+    attempt: int = 1
 
     def __post_init__(self) -> None:
         check_client_id(self.client_id)
         if not _is_int(self.round) or self.round < 0:
             raise AccountingError(f"round must be an integer >= 0. Found {self.round!r}.")
+        if not _is_int(self.attempt) or self.attempt < 1:
+            raise AccountingError(f"attempt must be an integer >= 1. Found {self.attempt!r}.")
         sigma = _finite_float("noise_multiplier", self.noise_multiplier)
         if sigma <= 0.0:
             raise AccountingError(
@@ -164,16 +173,21 @@ class DpSgdEvent:
         if not isinstance(payload, dict):
             raise AccountingError(f"event payload must be a JSON object. Found {payload!r}.")
         version = payload.get("schema_version")
-        if version != EVENT_SCHEMA_VERSION:
+        if version not in (1, EVENT_SCHEMA_VERSION):
             raise AccountingError(
-                f"event schema_version must be {EVENT_SCHEMA_VERSION}. Found {version!r}."
+                f"event schema_version must be 1 or {EVENT_SCHEMA_VERSION}. Found {version!r}."
             )
-        expected = set(_FIELDS) | {"schema_version"}
+        names = (
+            _FIELDS
+            if version == EVENT_SCHEMA_VERSION
+            else tuple(f for f in _FIELDS if f != "attempt")
+        )
+        expected = set(names) | {"schema_version"}
         if set(payload) != expected:
             raise AccountingError(
                 f"event payload keys must be {sorted(expected)}. Found {sorted(payload)}."
             )
-        return cls(**{name: payload[name] for name in _FIELDS})
+        return cls(**{name: payload[name] for name in names})
 
     @classmethod
     def from_json(cls, text: str) -> DpSgdEvent:

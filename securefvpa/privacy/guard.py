@@ -39,10 +39,10 @@ class BudgetGuard:
 
     def __init__(
         self,
+        *,
         budget_epsilon: float,
         delta: float,
         accountant: str = "pld",
-        *,
         value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION,
     ) -> None:
         if isinstance(budget_epsilon, bool) or not isinstance(budget_epsilon, int | float):
@@ -65,7 +65,7 @@ class BudgetGuard:
         )
 
     def check(
-        self, client_id: str, history: Sequence[DpSgdEvent], planned_event: DpSgdEvent
+        self, *, client_id: str, history: Sequence[DpSgdEvent], planned_event: DpSgdEvent
     ) -> Decision:
         """Decide whether ``client_id`` may run ``planned_event`` after ``history``."""
         check_client_id(client_id)
@@ -76,9 +76,12 @@ class BudgetGuard:
                 raise AccountingError(
                     f"every event must belong to client {client_id!r}. Found {ev!r}."
                 )
-        if any(ev.round == planned_event.round for ev in history):
+        if any(
+            (ev.round, ev.attempt) == (planned_event.round, planned_event.attempt) for ev in history
+        ):
             raise AccountingError(
-                f"client {client_id!r} already trained in round {planned_event.round}."
+                f"client {client_id!r} already trained in round {planned_event.round} "
+                f"(attempt {planned_event.attempt}); a resumed run re-runs a round as a new attempt."
             )
         now = self._eps(list(history))
         after = self._eps([*history, planned_event])

@@ -1,54 +1,88 @@
-"""The privacy plan of a run: sigma, delta and the relation, the guard, the ledger, the report.
+"""A run's privacy plan: sigma, delta and the relation, resolved once; the guard and the ledger.
 
-Glue between a run directory and the pure privacy core (``securefvpa.privacy``). Imports
-neither torch nor flwr, so both the client (before and after DP-SGD) and the server (report)
-use it.
+Pure (imports neither torch nor flwr): the launcher resolves the plan once and writes it into
+every node config; a client rebuilds it from its own node config and uses it before and after
+DP-SGD; the server uses it for the report.
 
-- sigma: ``privacy.noise_multiplier`` when > 0, else calibrated with dp-accounting so that a
-  client joining every planned round (``ceil(fraction_fit * rounds)``) reaches exactly
-  ``privacy.target_epsilon`` at ``delta``; the budget guard enforces ``budget_epsilon``
-  whatever the client's actual participation.
-- delta: ``privacy.delta`` when > 0, else ``min(1e-5, 1 / (10 * n))`` with ``n`` the largest
+- sigma, two separate paths: ``privacy.noise_multiplier`` when given
+  (:func:`given_noise_multiplier`), else calibrated with dp-accounting
+  (:func:`calibrated_noise_multiplier`) so that a client joining every planned round
+  (``ceil(fraction_fit * rounds)``) reaches exactly ``privacy.target_epsilon`` at ``delta``;
+  the budget guard enforces ``budget_epsilon`` whatever the client's actual participation.
+- delta: ``privacy.delta`` when given, else ``min(1e-5, 1 / (10 * n))`` with ``n`` the largest
   number of training pairs of a client; a delta >= 1/n is refused.
 - relation: replace-one (substitution of one preference pair; see ``train.private``).
-- ledger: ``privacy.ledger`` or ``RUN_DIR/privacy_ledger.sqlite``; every client appends one
-  event per round it trains *before* its update leaves it, and a "declined" entry when the
-  guard refuses.
+- ledger: every client appends one event per round attempt it trains *before* its update leaves
+  it (:meth:`PrivacyPlan.commit`), and a "declined" entry when the guard refuses
+  (:meth:`PrivacyPlan.authorize` raises :class:`PrivacyBudgetExhausted`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securefvpa.config import RunConfig, config_hash
-from securefvpa.errors import ConfigError
+from securefvpa.config import PrivacyConfig, RunConfig, config_hash
+from securefvpa.errors import ConfigError, PrivacyBudgetExhausted, RunDirError
 from securefvpa.fsutil import atomic_write_text
 from securefvpa.privacy.calibrate import calibrate_noise_multiplier
 from securefvpa.privacy.events import DpSgdEvent
 from securefvpa.privacy.guard import BudgetGuard, Decision
 from securefvpa.privacy.ledger import Ledger
+from securefvpa.rundir import NodeConfig, RunDir
 
 RELATION = "replace_one"
-PLAN_FILE = "privacy_plan.json"
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 
 
-def ledger_path(cfg: RunConfig, run_dir: Path) -> Path:
-    return Path(cfg.privacy.ledger) if cfg.privacy.ledger else run_dir / "privacy_ledger.sqlite"
+@dataclass(frozen=True, kw_only=True)
+class DPSettings:
+    """What one client's DP-SGD step needs: sigma, the clip norm C, the sampling rate q.
+
+    ``noise_multiplier`` is noise std / ``clip`` (0 is allowed only for tests and the audit's
+    ``no_noise`` injection: it is not private). Keyword-only; every error names the bad value.
+    """
+
+    noise_multiplier: float
+    clip: float
+    sample_rate: float
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError(
+                f"noise_multiplier must be finite and >= 0. Found {self.noise_multiplier!r}."
+            )
+        if not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ConfigError(f"clip must be finite and > 0. Found {self.clip!r}.")
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"sample_rate must be in (0, 1]. Found {self.sample_rate!r}.")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(
+                f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}. "
+                f"Found {self.grad_sample_mode!r}."
+            )
+
+
+def ledger_path(cfg: RunConfig, run_dir: RunDir) -> Path:
+    """``privacy.ledger`` when set, else ``RUN_DIR/privacy_ledger.sqlite`` (absolute)."""
+    path = Path(cfg.privacy.ledger) if cfg.privacy.ledger else run_dir.default_ledger
+    return path.resolve()
 
 
 def planned_rounds(cfg: RunConfig) -> int:
+    """Rounds a client is planned to join: ``ceil(fraction_fit * rounds)`` (at least 1)."""
     fed = cfg.federation
     return max(1, min(fed.rounds, math.ceil(fed.fraction_fit * fed.rounds)))
 
 
-def resolve_delta(cfg: RunConfig, max_train_pairs: int) -> float:
+def resolve_delta(privacy: PrivacyConfig, *, max_train_pairs: int) -> float:
+    """``privacy.delta`` or ``min(1e-5, 1 / (10 n))``; refuses delta >= 1/n (ConfigError)."""
     n = max(1, max_train_pairs)
-    delta = cfg.privacy.delta or min(1e-5, 1.0 / (10.0 * n))
+    delta = privacy.delta if privacy.delta is not None else min(1e-5, 1.0 / (10.0 * n))
     if delta >= 1.0 / n:
         raise ConfigError(
             f"privacy.delta must be well below 1/records: a client holds up to {n} pairs, so delta "
@@ -57,11 +91,19 @@ def resolve_delta(cfg: RunConfig, max_train_pairs: int) -> float:
     return delta
 
 
-@functools.lru_cache(maxsize=16)
-def resolve_sigma(cfg: RunConfig, delta: float) -> float:
+def given_noise_multiplier(privacy: PrivacyConfig) -> float:
+    """sigma as configured; a ConfigError when the config asks for calibration instead."""
+    if privacy.noise_multiplier is None:
+        raise ConfigError(
+            "privacy.noise_multiplier is not set: sigma is calibrated from target_epsilon "
+            "(calibrated_noise_multiplier)"
+        )
+    return privacy.noise_multiplier
+
+
+def calibrated_noise_multiplier(cfg: RunConfig, *, delta: float) -> float:
+    """The smallest sigma that keeps a client joining every planned round at target_epsilon."""
     p = cfg.privacy
-    if p.noise_multiplier > 0:
-        return p.noise_multiplier
     return calibrate_noise_multiplier(
         target_epsilon=p.target_epsilon,
         delta=delta,
@@ -73,86 +115,125 @@ def resolve_sigma(cfg: RunConfig, delta: float) -> float:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
-    cfg: RunConfig
-    run_dir: Path
-    sigma: float
+    """sigma, delta and the relation of a run, and the guard and ledger calls of a client."""
+
+    privacy: PrivacyConfig
+    local_steps: int
+    noise_multiplier: float
     delta: float
+    ledger: Path
+    relation: str = RELATION
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, run_dir: Path) -> PrivacyPlan:
-        plan_file = run_dir / PLAN_FILE
-        if plan_file.is_file():
-            saved = json.loads(plan_file.read_text())
-            if saved.get("config_hash") == config_hash(cfg):
-                return cls(cfg, run_dir, float(saved["noise_multiplier"]), float(saved["delta"]))
-        from securefvpa.fl.driver import read_manifest
+    def resolve(cls, cfg: RunConfig, *, max_train_pairs: int, ledger: Path) -> PrivacyPlan:
+        """Resolve delta, then sigma (given or calibrated): what the launcher does once."""
+        delta = resolve_delta(cfg.privacy, max_train_pairs=max_train_pairs)
+        sigma = (
+            calibrated_noise_multiplier(cfg, delta=delta)
+            if cfg.privacy.calibrate_sigma
+            else given_noise_multiplier(cfg.privacy)
+        )
+        return cls(
+            privacy=cfg.privacy,
+            local_steps=cfg.federation.local_steps,
+            noise_multiplier=sigma,
+            delta=delta,
+            ledger=ledger,
+        )
 
-        delta = resolve_delta(cfg, int(read_manifest(run_dir)["max_train_pairs"]))
-        return cls(cfg, run_dir, resolve_sigma(cfg, delta), delta)
+    @classmethod
+    def for_node(cls, cfg: RunConfig, node: NodeConfig) -> PrivacyPlan:
+        """The plan a client follows: its own config plus sigma, delta, ledger from its node config."""
+        if not node.ledger or node.noise_multiplier <= 0.0 or not 0.0 < node.delta < 1.0:
+            raise RunDirError(
+                f"node config of partition {node.partition_id} has no privacy plan (ledger "
+                f"{node.ledger!r}, noise_multiplier {node.noise_multiplier}, delta {node.delta}) "
+                "but its run config enables DP"
+            )
+        return cls(
+            privacy=cfg.privacy,
+            local_steps=cfg.federation.local_steps,
+            noise_multiplier=node.noise_multiplier,
+            delta=node.delta,
+            ledger=Path(node.ledger),
+        )
 
-    def dp_settings(self) -> Any:
-        from securefvpa.train.private import DPSettings
-
-        p = self.cfg.privacy
+    def dp_settings(self) -> DPSettings:
+        p = self.privacy
         return DPSettings(
-            noise_multiplier=self.sigma,
+            noise_multiplier=self.noise_multiplier,
             clip=p.clip,
             sample_rate=p.sample_rate,
             grad_sample_mode=p.grad_sample_mode,
         )
 
-    def event(self, client_id: str, rnd: int) -> DpSgdEvent:
-        p = self.cfg.privacy
+    def event(self, *, client_id: str, round: int, attempt: int = 1) -> DpSgdEvent:
+        p = self.privacy
         return DpSgdEvent(
-            client_id,
-            rnd,
-            self.sigma,
-            p.sample_rate,
-            self.cfg.federation.local_steps,
-            p.clip,
-            RELATION,
+            client_id=client_id,
+            round=round,
+            attempt=attempt,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=p.sample_rate,
+            steps=self.local_steps,
+            clip=p.clip,
+            relation=self.relation,  # type: ignore[arg-type]
         )
 
     def guard(self) -> BudgetGuard:
-        return BudgetGuard(self.cfg.privacy.budget_epsilon, self.delta, self.cfg.privacy.accountant)
+        return BudgetGuard(
+            budget_epsilon=self.privacy.budget_epsilon,
+            delta=self.delta,
+            accountant=self.privacy.accountant,
+        )
 
-    def check(self, client_id: str, rnd: int) -> Decision:
-        """Would one more round keep ``client_id`` within budget? Reads its ledger history."""
-        with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:
+    def authorize(self, *, client_id: str, round: int, attempt: int = 1) -> Decision:
+        """Check the budget for one more round attempt of ``client_id`` (its own history only).
+
+        Returns the guard's decision when the round is allowed. When it is not, records a
+        ``declined`` ledger entry and raises :class:`PrivacyBudgetExhausted` (nothing trained).
+        """
+        planned = self.event(client_id=client_id, round=round, attempt=attempt)
+        with Ledger(self.ledger) as ledger:
             history = ledger.events_by_client().get(client_id, [])
-        return self.guard().check(client_id, history, self.event(client_id, rnd))
+            decision = self.guard().check(
+                client_id=client_id, history=history, planned_event=planned
+            )
+            if not decision.allowed:
+                ledger.append_declined(
+                    planned,
+                    reason=decision.reason,
+                    epsilon_now=decision.epsilon_now,
+                    epsilon_if_trained=decision.epsilon_if_trained,
+                    budget_epsilon=self.privacy.budget_epsilon,
+                )
+                raise PrivacyBudgetExhausted(
+                    f"client {client_id!r}, round {round}: {decision.reason}; epsilon stays at "
+                    f"{decision.epsilon_now:.6g}"
+                )
+        return decision
 
-    def commit(self, client_id: str, rnd: int) -> None:
-        """Append this round's DP event to the ledger (durable when this returns).
+    def commit(self, *, client_id: str, round: int, attempt: int = 1) -> None:
+        """Append this round attempt's DP event to the ledger (durable when this returns).
 
         The client's epsilon after it is the guard's ``Decision.epsilon_if_trained``: the same
         history plus this event under the same accountant and delta.
         """
-        with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:
-            ledger.append(self.event(client_id, rnd))
+        with Ledger(self.ledger) as ledger:
+            ledger.append(self.event(client_id=client_id, round=round, attempt=attempt))
 
-    def record_declined(self, client_id: str, rnd: int, decision: Decision) -> None:
-        with Ledger(ledger_path(self.cfg, self.run_dir)) as ledger:
-            ledger.append_declined(
-                self.event(client_id, rnd),
-                reason=decision.reason,
-                epsilon_now=decision.epsilon_now,
-                epsilon_if_trained=decision.epsilon_if_trained,
-                budget_epsilon=self.cfg.privacy.budget_epsilon,
-            )
-
-    def summary(self) -> dict[str, Any]:
+    def summary(self, cfg: RunConfig) -> dict[str, Any]:
         return {
-            "config_hash": config_hash(self.cfg),
-            "noise_multiplier": self.sigma,
+            "config_hash": config_hash(cfg),
+            "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,
-            "relation": RELATION,
-            "planned_rounds": planned_rounds(self.cfg),
-            "target_epsilon": self.cfg.privacy.target_epsilon,
-            "budget_epsilon": self.cfg.privacy.budget_epsilon,
-            "sigma_source": "config" if self.cfg.privacy.noise_multiplier > 0 else "calibrated",
+            "relation": self.relation,
+            "planned_rounds": planned_rounds(cfg),
+            "target_epsilon": self.privacy.target_epsilon,
+            "budget_epsilon": self.privacy.budget_epsilon,
+            "sigma_source": "calibrated" if self.privacy.calibrate_sigma else "config",
         }
 
 
@@ -160,30 +241,54 @@ def run_id(cfg: RunConfig) -> str:
     return cfg.run_id or f"run-{config_hash(cfg)[:12]}"
 
 
-def start_ledger(cfg: RunConfig, run_dir: Path) -> PrivacyPlan:
-    """Resolve sigma/delta once, save them to ``privacy_plan.json`` and open the ledger's run."""
-    plan = PrivacyPlan.for_run(cfg, run_dir)
-    atomic_write_text(run_dir / PLAN_FILE, json.dumps(plan.summary(), indent=2))
-    with Ledger(ledger_path(cfg, run_dir)) as ledger:
-        ledger.append_run_start(run_id(cfg), config_hash(cfg), plan.summary())
+def start_ledger(cfg: RunConfig, run_dir: RunDir, *, max_train_pairs: int) -> PrivacyPlan:
+    """Resolve the plan once (or reload it on ``--resume``), save it, open the ledger's run."""
+    plan = load_plan(cfg, run_dir)
+    if plan is None:
+        plan = PrivacyPlan.resolve(
+            cfg, max_train_pairs=max_train_pairs, ledger=ledger_path(cfg, run_dir)
+        )
+        atomic_write_text(run_dir.plan, json.dumps(plan.summary(cfg), indent=2))
+    with Ledger(plan.ledger) as ledger:
+        ledger.append_run_start(run_id(cfg), config_hash(cfg), plan.summary(cfg))
     return plan
 
 
-def close_ledger(cfg: RunConfig, run_dir: Path, *, utility: dict[str, Any] | None) -> None:
-    with Ledger(ledger_path(cfg, run_dir)) as ledger:
+def load_plan(cfg: RunConfig, run_dir: RunDir) -> PrivacyPlan | None:
+    """The plan saved in ``privacy_plan.json`` for this config, or None when there is none."""
+    path = run_dir.plan
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        sigma, delta = float(saved["noise_multiplier"]), float(saved["delta"])
+        same = saved.get("config_hash") == config_hash(cfg)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"privacy plan {str(path)!r} is unreadable: {exc}") from None
+    if not same:
+        return None
+    return PrivacyPlan(
+        privacy=cfg.privacy,
+        local_steps=cfg.federation.local_steps,
+        noise_multiplier=sigma,
+        delta=delta,
+        ledger=ledger_path(cfg, run_dir),
+    )
+
+
+def close_ledger(cfg: RunConfig, plan: PrivacyPlan, *, utility: dict[str, Any] | None) -> None:
+    with Ledger(plan.ledger) as ledger:
         ledger.append_run_end(run_id(cfg), config_hash(cfg), {"utility": utility or {}})
 
 
 def write_privacy_report(
-    cfg: RunConfig, run_dir: Path, *, utility: dict[str, Any] | None
+    cfg: RunConfig, run_dir: RunDir, plan: PrivacyPlan, *, utility: dict[str, Any] | None
 ) -> dict[str, str]:
     """Derive privacy_report.json + report.html from the ledger alone (plus the config)."""
     from securefvpa.privacy.report import build_report, write_report
 
-    plan = PrivacyPlan.for_run(cfg, run_dir)
-    path = ledger_path(cfg, run_dir)
     report = build_report(
-        path,
+        plan.ledger,
         run_id=run_id(cfg),
         config_hash=config_hash(cfg),
         delta=plan.delta,
@@ -191,5 +296,5 @@ def write_privacy_report(
         accountant=cfg.privacy.accountant,
         utility=utility,
     )
-    json_path, html_path = write_report(report, run_dir)
+    json_path, html_path = write_report(report, run_dir.root)
     return {"json": str(json_path), "html": str(html_path)}

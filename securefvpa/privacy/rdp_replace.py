@@ -35,6 +35,8 @@ import numpy as np
 from dp_accounting import dp_event, privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
+from securefvpa.errors import AccountingError
+
 NeighborRel = privacy_accountant.NeighboringRelation
 CompositionErrorDetails = privacy_accountant.PrivacyAccountant.CompositionErrorDetails
 # dp-accounting's default orders from 1.5 up: below that 2*alpha - 1 < 2, where the library's
@@ -80,7 +82,7 @@ class ReplaceOneRdpAccountant(privacy_accountant.PrivacyAccountant):
         super().__init__(NeighborRel.REPLACE_ONE)
         chosen = DEFAULT_ORDERS if orders is None else tuple(float(a) for a in orders)
         if not chosen or min(chosen) <= 1.0:
-            raise ValueError(f"RDP orders must all be > 1. Found {chosen!r}.")
+            raise AccountingError(f"RDP orders must all be > 1. Found {chosen!r}.")
         self._orders = chosen
         self._rdp = np.zeros(len(chosen), dtype=np.float64)
 

@@ -1,6 +1,6 @@
 """Atomic server checkpoints: written after every complete round, checked on resume.
 
-One file, ``RUN_DIR/server_state.npz``, replaced atomically (temp file, fsync, ``os.replace``,
+One file, ``RUN_DIR/server_state.npz`` (:attr:`securefvpa.rundir.RunDir.checkpoint`), replaced atomically (temp file, fsync, ``os.replace``,
 directory fsync), so a kill at any moment leaves either the previous complete round or the new
 one. It carries a schema version and the hash of the resolved config: resuming a run with a
 different config is refused.
@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from securefvpa.errors import FederationError
-from securefvpa.fl.server_opt import ServerOptState
 from securefvpa.fsutil import atomic_write
+from securefvpa.rounds.server_opt import ServerOptState
 
 CHECKPOINT_SCHEMA = 2  # 2: server optimiser state (step, m, v)
-CHECKPOINT_NAME = "server_state.npz"
 
 
 @dataclass
@@ -36,7 +35,9 @@ class ServerState:
     opt: ServerOptState = field(default_factory=ServerOptState)  # FedAdam moments
 
 
-def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
+def save_checkpoint(path: Path, state: ServerState) -> Path:
+    """Write ``state`` to ``path`` atomically and fsync the directory."""
+    run_dir = path.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "schema": CHECKPOINT_SCHEMA,
@@ -53,7 +54,7 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
         arrays[f"m{i}"] = state.opt.m[name]
         arrays[f"v{i}"] = state.opt.v[name]
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path = atomic_write(run_dir / CHECKPOINT_NAME, lambda fh: np.savez(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     dir_fd = os.open(run_dir, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -62,9 +63,8 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path, *, config_hash: str) -> ServerState | None:
+def load_checkpoint(path: Path, *, config_hash: str) -> ServerState | None:
     """The last complete round's state, or None when the run has no checkpoint yet."""
-    path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         return None
     try:

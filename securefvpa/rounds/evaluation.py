@@ -14,53 +14,53 @@ import numpy as np
 
 from securefvpa.config import RunConfig
 from securefvpa.models import metrics
+from securefvpa.train.client import EvalCounts
 
 
-def combine_eval_replies(rows: list[tuple[str, dict[str, Any]]], cfg: RunConfig) -> dict[str, Any]:
+def combine_eval(rows: list[tuple[int, str, EvalCounts]], cfg: RunConfig) -> dict[str, Any]:
+    """Run metrics from ``(partition id, role, counts)`` of every client that answered.
+
+    Per-client counts are published (``per_client``: what paired benchmarks bootstrap over) only
+    when DP is off: under DP they are released by nothing that noise covers, so they stay out of
+    ``metrics.json`` (threat_models/dp.md).
+    """
+
     def acc(role: str | None, num: str, den: str) -> float | None:
-        n = sum(int(r[den]) for ro, r in rows if role in (None, ro))
-        c = sum(float(r[num]) for ro, r in rows if role in (None, ro))
-        return c / n if n else None
+        n = sum(getattr(c, den) for _, ro, c in rows if role in (None, ro))
+        k = sum(getattr(c, num) for _, ro, c in rows if role in (None, ro))
+        return k / n if n else None
 
-    cells = max((int(r["cells"]) for _, r in rows), default=0)
-    types = max((int(r["types"]) for _, r in rows), default=0)
+    cells = max((c.cells for _, _, c in rows), default=0)
+    types = max((c.types for _, _, c in rows), default=0)
     table = np.zeros((max(cells, 1), max(types, 1)), dtype=np.int64)
-    kl_sum, users = 0.0, 0
-    for _, r in rows:
-        t = np.asarray(r["contingency"], dtype=np.int64)
-        if t.size:
-            table[: int(r["cells"]), : int(r["types"])] += t.reshape(
-                int(r["cells"]), int(r["types"])
+    for _, _, c in rows:
+        if c.contingency:
+            table[: c.cells, : c.types] += np.asarray(c.contingency, dtype=np.int64).reshape(
+                c.cells, c.types
             )
-        kl_sum += float(r["kl-sum"])
-        users += int(r["users"])
+    kl_sum = sum(c.kl_sum for _, _, c in rows)
+    users = sum(c.users for _, _, c in rows)
     latent = latent_summary(
         table,
         mean_kl=kl_sum / users if users else 0.0,
         latent_dim=cfg.model.latent_dim,
         kind=cfg.model.kind,
     )
-    return {
+    out: dict[str, Any] = {
         "accuracy": {
             "seen_users": acc("train", "correct", "pairs"),
             "unseen_users": acc("unseen", "correct", "pairs"),
-            "controversial": acc(None, "contro-correct", "contro-pairs"),
+            "controversial": acc(None, "contro_correct", "contro_pairs"),
         },
         "latent": latent,
         "pairs": {
-            "seen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "train"),
-            "unseen_users": sum(int(r["pairs"]) for ro, r in rows if ro == "unseen"),
+            "seen_users": sum(c.pairs for _, ro, c in rows if ro == "train"),
+            "unseen_users": sum(c.pairs for _, ro, c in rows if ro == "unseen"),
         },
-        # Per-client counts (no z, no pair-level data): what paired benchmarks bootstrap over.
-        "per_client": sorted(
-            (
-                [int(r["partition-id"]), ro, int(r["pairs"]), float(r["correct"])]
-                for ro, r in rows
-                if "partition-id" in r
-            ),
-            key=lambda x: x[0],
-        ),
     }
+    if not cfg.privacy.enabled:
+        out["per_client"] = sorted([pid, ro, c.pairs, c.correct] for pid, ro, c in rows)
+    return out
 
 
 def latent_summary(

@@ -4,8 +4,9 @@ Each training client gets an Ed25519 identity key; the roster (node id → publi
 clients use to verify every key advertisement and consistency signature, so it must reach them
 out of band — never through the server. For simulation and loopback deployments,
 ``prepare_identities`` writes the keys into the run directory (``secagg/identities/`` with mode
-0600) and the roster into ``secagg/roster.json``; on real machines each SuperNode is given its
-own key file and the roster through its node config (``secagg-identity``, ``secagg-roster``).
+0600) and the roster into ``secagg/roster.json``; every node config names its own key file and
+the roster (``securefvpa.rundir.NodeConfig``), so a node reads them from paths its operator
+chose. Pure: imports neither torch nor flwr.
 """
 
 from __future__ import annotations
@@ -19,23 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefvpa.errors import ConfigError
 from securefvpa.fsutil import atomic_write_text
-
-ROSTER = "roster.json"
-
-
-def identity_path(run_dir: Path, node_id: int) -> Path:
-    return run_dir / "secagg" / "identities" / f"client_{node_id:05d}.key"
+from securefvpa.rundir import RunDir
 
 
-def roster_path(run_dir: Path) -> Path:
-    return run_dir / "secagg" / ROSTER
-
-
-def prepare_identities(run_dir: Path, node_ids: list[int]) -> dict[int, bytes]:
+def prepare_identities(run_dir: RunDir, node_ids: list[int]) -> dict[int, bytes]:
     """Create (or keep) one identity key per node; write the public roster. Returns the roster."""
     roster: dict[int, bytes] = {}
     for nid in node_ids:
-        path = identity_path(run_dir, nid)
+        path = run_dir.identity(nid)
         if path.exists():
             key = load_identity(path)
         else:
@@ -51,7 +43,7 @@ def prepare_identities(run_dir: Path, node_ids: list[int]) -> dict[int, bytes]:
                 fh.write(raw)
         roster[nid] = key.public_key().public_bytes_raw()
     atomic_write_text(
-        roster_path(run_dir),
+        run_dir.roster,
         json.dumps({str(k): v.hex() for k, v in sorted(roster.items())}, indent=1),
     )
     return roster

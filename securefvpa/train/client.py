@@ -1,20 +1,27 @@
 """One client's side of a federated round, free of Flower: train, account, evaluate.
 
-``local_train_round`` is what a ClientApp's train handler does:
-1. build the model and load the global parameters;
+A client knows itself only from its own node config (:class:`securefvpa.rundir.NodeConfig`):
+:func:`load_node` reads the run config the node agreed to, its partition file and its privacy
+plan. :func:`local_train_round` is what a ClientApp's train handler (or the in-process
+transport) does:
+
+1. build the model (cached per node) and load the global parameters;
 2. with DP on: ask the budget guard whether the planned DP event keeps the client within its
-   budget (over the client's own ledger history); if not, record the refusal and decline —
-   no training, no update;
+   budget over its own ledger history (``PrivacyPlan.authorize``); if not, the refusal is
+   recorded and the client declines — no training, no update;
 3. train ``federation.local_steps`` steps (DP-SGD through ``train.private`` when DP is on);
 4. with DP on: commit the DP event to the ledger *before* the update is returned;
-5. return ``theta_local - theta_global``, the weight ``num_examples`` and scalar statistics.
+5. return ``update = theta_local - theta_global``, the weight ``num_examples`` and statistics.
 
-The user's latent z is computed inside the model and never returned; evaluation returns
-counts only (see ``local_evaluate``).
+The user's latent z is computed inside the model and never returned; evaluation returns counts
+only (:class:`EvalCounts`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,114 +29,194 @@ from typing import Any
 import numpy as np
 import torch
 
-from securefvpa.config import RunConfig
-from securefvpa.fl.partition import ClientPartition
+from securefvpa.config import RunConfig, config_hash, load_config
+from securefvpa.data.partition import ClientPartition, load_partition
+from securefvpa.errors import FederationError, PrivacyBudgetExhausted
 from securefvpa.models.factory import build_model
+from securefvpa.privacy.plan import DPSettings, PrivacyPlan
+from securefvpa.rundir import NodeConfig
 from securefvpa.train.params import load_arrays, model_to_arrays
+
+STATUS_OK = "ok"
+STATUS_DECLINED = "declined"  # the budget guard refused the round: no training, no update
+
+
+@dataclass(frozen=True)
+class ClientNode:
+    """A client as it knows itself: its run config, its partition and its privacy plan."""
+
+    cfg: RunConfig
+    partition: ClientPartition
+    plan: PrivacyPlan | None  # None when DP is off
+
+    @property
+    def client_id(self) -> str:
+        return client_id(self.partition.partition_id)
 
 
 @dataclass
 class LocalRoundResult:
-    status: str  # "ok" | "declined"
-    delta: dict[str, np.ndarray] | None  # local - global (float64); the weight is num_examples
-    num_examples: int
-    train_loss: float
-    epsilon: float | None = None
+    """One local round: ``update`` is ``theta_local - theta_global`` (float64), or None."""
+
+    status: str  # STATUS_OK | STATUS_DECLINED
+    update: dict[str, np.ndarray] | None
+    num_examples: int  # the aggregation weight (train pairs; public under replace-one)
+    train_loss: float  # nan under DP: the raw loss is not private
+    epsilon: float | None = None  # the client's epsilon after this round (DP)
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class EvalCounts:
+    """What a client's evaluation reveals: counts, never a z or a pair.
+
+    ``contingency`` is the (latent cell x user type) table over the client's users, row-major,
+    ``cells * types`` long.
+    """
+
+    pairs: int
+    correct: float  # ties count 1/2
+    contro_pairs: int
+    contro_correct: float
+    users: int
+    kl_sum: float
+    cells: int
+    types: int
+    contingency: tuple[int, ...]
 
 
 def client_id(partition_id: int) -> str:
     return f"client-{partition_id:05d}"
 
 
-def _model_for(
-    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]
-) -> torch.nn.Module:
-    model = build_model(
-        cfg.model,
-        embed_dim=part.pairs.dim,
-        n_types=max(1, len(part.pairs.type_names)),
-        seed=cfg.seed,
+def load_node(node: NodeConfig) -> ClientNode:
+    """Read everything a client needs from its node config (the trust boundary).
+
+    Raises FederationError when the run config file does not have the pinned hash, and
+    ConfigError / DataError / RunDirError for unreadable files.
+    """
+    cfg = load_config(node.config)
+    if not hmac.compare_digest(config_hash(cfg), node.config_hash):
+        raise FederationError(
+            f"node {node.partition_id}: run config {node.config!r} has hash "
+            f"{config_hash(cfg)[:16]}…, but the node config pins {node.config_hash[:16]}…"
+        )
+    part = load_partition(Path(node.partition))
+    if part.partition_id != node.partition_id:
+        raise FederationError(
+            f"node config names partition {node.partition_id} but {node.partition!r} holds "
+            f"partition {part.partition_id}"
+        )
+    plan = PrivacyPlan.for_node(cfg, node) if cfg.privacy.enabled else None
+    return ClientNode(cfg=cfg, partition=part, plan=plan)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(model_cfg: Any, embed_dim: int, n_types: int, seed: int) -> torch.nn.Module:
+    return build_model(model_cfg, embed_dim=embed_dim, n_types=n_types, seed=seed)
+
+
+def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The node's model with ``params`` loaded, in the state of a freshly built one.
+
+    Built once per process and then reset (parameters, train mode, Gumbel temperature, KL
+    weight, and every gradient or per-sample-gradient attribute Opacus may have left), so a
+    round sees exactly what a fresh ``build_model`` + ``load_arrays`` would give.
+    """
+    part = node.partition
+    model = _cached_model(
+        node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
     )
     load_arrays(model, params)
+    model.train()
+    model.set_temperature(model.tau_start)
+    model.set_kl_weight(1.0)
+    for p in model.parameters():
+        p.grad = None
+        for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+            if hasattr(p, attr):
+                delattr(p, attr)
     return model
 
 
-def local_train_round(
-    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray], *, rnd: int, run_dir: Path
-) -> LocalRoundResult:
-    # Non-secret randomness (episode shuffles, Gumbel draws), reproducible for --resume.
-    seeds = np.random.SeedSequence([cfg.seed, rnd, part.partition_id, 0xC1])
+def _seed_round(node: ClientNode, rnd: int) -> np.random.Generator:
+    """Non-secret randomness (episode shuffles, Gumbel draws), reproducible for --resume."""
+    seeds = np.random.SeedSequence([node.cfg.seed, rnd, node.partition.partition_id, 0xC1])
     torch.manual_seed(int(seeds.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-    rng = np.random.default_rng(seeds)
-    model = _model_for(cfg, part, params)
-    fed = cfg.federation
+    return np.random.default_rng(seeds)
+
+
+def local_train_round(
+    node: ClientNode,
+    params: dict[str, np.ndarray],
+    *,
+    rnd: int,
+    attempt: int = 1,
+    dp: DPSettings | None = None,
+) -> LocalRoundResult:
+    """One local round on ``params``. ``dp`` overrides the plan's DP settings for *training
+    only* (the audit's injections); the ledger always records the plan's event."""
+    part = node.partition
+    if part.role != "train":
+        raise FederationError(f"partition {part.partition_id} holds unseen users and never trains")
+    rng = _seed_round(node, rnd)
+    model = _model_for(node, params)
+    fed = node.cfg.federation
     step_offset = (rnd - 1) * fed.local_steps
     total_steps = fed.rounds * fed.local_steps
-    n_examples = part.n_train_pairs
     epsilon = None
-    if cfg.privacy.enabled:
-        from securefvpa.dp_plan import PrivacyPlan
+    if node.plan is not None:
         from securefvpa.train.private import private_train_steps
 
-        plan = PrivacyPlan.for_run(cfg, run_dir)
-        decision = plan.check(client_id(part.partition_id), rnd)
-        if not decision.allowed:
-            plan.record_declined(client_id(part.partition_id), rnd, decision)
-            return LocalRoundResult(
-                "declined", None, 0, float("nan"), decision.epsilon_now, decision.reason
-            )
-        stats = private_train_steps(
+        try:
+            decision = node.plan.authorize(client_id=node.client_id, round=rnd, attempt=attempt)
+        except PrivacyBudgetExhausted as exc:
+            return LocalRoundResult(STATUS_DECLINED, None, 0, float("nan"), None, str(exc))
+        private_train_steps(
             model,
             part.pairs,
             part.users,
             steps=fed.local_steps,
-            train_cfg=cfg.train,
-            dp=plan.dp_settings(),
+            train_cfg=node.cfg.train,
+            dp=dp or node.plan.dp_settings(),
             rng=rng,
             step_offset=step_offset,
             total_steps=total_steps,
         )
         # The event is committed before the update leaves this function.
-        plan.commit(client_id(part.partition_id), rnd)
+        node.plan.commit(client_id=node.client_id, round=rnd, attempt=attempt)
         epsilon = decision.epsilon_if_trained
         # The raw training loss is a function of the private pairs that no noise protects:
         # with DP on it stays on the client (only the noised update leaves).
         loss = float("nan")
-        del stats
     else:
         from securefvpa.train.loop import train_steps
 
-        stats_np = train_steps(
+        stats = train_steps(
             model,
             part.pairs,
             list(part.users),
             steps=fed.local_steps,
-            train_cfg=_local_train_cfg(cfg),
+            train_cfg=dataclasses.replace(
+                node.cfg.train, episodes_per_batch=fed.local_batch_episodes
+            ),
             rng=rng,
             step_offset=step_offset,
             total_steps=total_steps,
         )
-        loss = float(stats_np.mean_loss)
+        loss = float(stats.mean_loss)
     local = model_to_arrays(model)
-    delta = {k: local[k].astype(np.float64) - params[k].astype(np.float64) for k in params}
-    return LocalRoundResult("ok", delta, n_examples, float(loss), epsilon)
+    update = {k: local[k].astype(np.float64) - params[k].astype(np.float64) for k in params}
+    return LocalRoundResult(STATUS_OK, update, part.n_train_pairs, loss, epsilon)
 
 
-def _local_train_cfg(cfg: RunConfig) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(cfg.train, episodes_per_batch=cfg.federation.local_batch_episodes)
-
-
-def local_evaluate(
-    cfg: RunConfig, part: ClientPartition, params: dict[str, np.ndarray]
-) -> dict[str, Any]:
+def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCounts:
     """Counts for the server: pairs scored/correct, controversial scored/correct, KL sum, and
     the (latent cell x user type) contingency table over this client's users. No z leaves."""
     from securefvpa.train.loop import score_users
 
-    model = _model_for(cfg, part, params)
+    model = _model_for(node, params)
+    part = node.partition
     scores = score_users(model, part.pairs, list(part.users))
     cells, n_cells = latent_cells(model, scores)
     n_types = max(1, len(part.pairs.type_names))
@@ -139,17 +226,17 @@ def local_evaluate(
             table[c, t] += 1
     correct = np.concatenate(scores.correct) if scores.correct else np.zeros(0)
     contro = np.concatenate(scores.controversial) if scores.controversial else np.zeros(0, np.int8)
-    return {
-        "pairs": int(correct.size),
-        "correct": float(correct.sum()),  # ties count 1/2
-        "contro-pairs": int((contro == 1).sum()),
-        "contro-correct": float(correct[contro == 1].sum()),
-        "users": int(scores.users.size),
-        "kl-sum": float(scores.kl.sum()),
-        "cells": n_cells,
-        "types": n_types,
-        "contingency": [int(x) for x in table.ravel()],
-    }
+    return EvalCounts(
+        pairs=int(correct.size),
+        correct=float(correct.sum()),
+        contro_pairs=int((contro == 1).sum()),
+        contro_correct=float(correct[contro == 1].sum()),
+        users=int(scores.users.size),
+        kl_sum=float(scores.kl.sum()),
+        cells=n_cells,
+        types=n_types,
+        contingency=tuple(int(x) for x in table.ravel()),
+    )
 
 
 def latent_cells(model: Any, scores: Any) -> tuple[np.ndarray, int]:

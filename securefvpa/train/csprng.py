@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from securefvpa.errors import ConfigError
+
 _TWO_53 = float(2**53)
 
 
@@ -34,7 +36,7 @@ def random_bytes(n: int) -> bytes:
 def uniform(n: int) -> npt.NDArray[np.float64]:
     """``n`` independent uniforms in [0, 1) from ``os.urandom`` (53 bits each)."""
     if n < 0:
-        raise ValueError(f"n must be >= 0. Found {n}.")
+        raise ConfigError(f"n must be >= 0. Found {n}.")
     raw = np.frombuffer(random_bytes(8 * n), dtype=np.uint64)
     return (raw >> np.uint64(11)).astype(np.float64) / _TWO_53
 
@@ -42,7 +44,7 @@ def uniform(n: int) -> npt.NDArray[np.float64]:
 def standard_normal(n: int) -> npt.NDArray[np.float64]:
     """``n`` independent N(0, 1) draws from the CSPRNG (Box–Muller, 4-sample averaging)."""
     if n < 0:
-        raise ValueError(f"n must be >= 0. Found {n}.")
+        raise ConfigError(f"n must be >= 0. Found {n}.")
     m = 4 * n
     pairs = (m + 1) // 2
     u = uniform(2 * pairs)
@@ -56,5 +58,5 @@ def standard_normal(n: int) -> npt.NDArray[np.float64]:
 def poisson_mask(n: int, rate: float) -> npt.NDArray[np.bool_]:
     """Independent inclusion of each of ``n`` items with probability ``rate`` (Poisson sampling)."""
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1]. Found {rate}.")
+        raise ConfigError(f"rate must be in [0, 1]. Found {rate}.")
     return uniform(n) < rate

@@ -139,10 +139,10 @@ def score_users(
         chunk = users[start : start + EVAL_CHUNK]
         batch = eval_batch(pairs, chunk)
         out = model.infer(batch)
-        delta = out["delta"].numpy()
+        margin = out["margin"].numpy()
         for i in range(len(chunk)):
             m = batch.tgt_rows[i] >= 0
-            correct.append(metrics.pair_correct(delta[i][m]))
+            correct.append(metrics.pair_correct(margin[i][m]))
             contro.append(pairs.controversial[batch.tgt_rows[i][m]])
         kls.append(out["kl"].numpy())
         if "mu" in out:

@@ -26,7 +26,6 @@ dp-accounting event in the client's ledger, which the report is computed from.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,28 +39,11 @@ from opacus.validators import ModuleValidator
 
 from securefvpa.config import TrainConfig
 from securefvpa.data.dataset import EmbeddedPairs, UserData
-from securefvpa.errors import ModelError
+from securefvpa.errors import ConfigError, ModelError
+from securefvpa.privacy.plan import DPSettings
 from securefvpa.train import csprng
 from securefvpa.train.episodes import collate, partition_episodes
 from securefvpa.train.loop import apply_schedule, make_optimizer
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    noise_multiplier: float
-    clip: float
-    sample_rate: float
-    grad_sample_mode: str = "hooks"
-
-    def __post_init__(self) -> None:
-        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
-            raise ValueError(
-                f"noise_multiplier must be finite and >= 0. Found {self.noise_multiplier}."
-            )
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0. Found {self.clip}.")
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate must be in (0, 1]. Found {self.sample_rate}.")
 
 
 @dataclass(frozen=True)
@@ -98,14 +80,16 @@ class CsprngGhostDPOptimizer(DPOptimizerFastGradientClipping):
         CsprngDPOptimizer.add_noise(self)  # same rule: p.grad = p.summed_grad + N(0, (sigma C)^2)
 
 
-def wrap(model: torch.nn.Module, mode: str, clip: float | None = None) -> GradSampleModule:
+def wrap(model: torch.nn.Module, mode: str, *, clip: float | None = None) -> GradSampleModule:
     """Opacus' per-sample machinery for ``mode`` ("hooks", "functorch" or "ghost")."""
     if mode not in ("hooks", "functorch", "ghost"):
-        raise ValueError(f"grad_sample_mode must be 'hooks', 'functorch' or 'ghost'. Found {mode!r}.")
+        raise ConfigError(
+            f"grad_sample_mode must be 'hooks', 'functorch' or 'ghost'. Found {mode!r}."
+        )
     validate_for_dp(model)
     if mode == "ghost":
         if clip is None:
-            raise ValueError("ghost clipping needs the clipping norm")
+            raise ConfigError("ghost clipping needs the clip norm. Found clip=None.")
         return GradSampleModuleFastGradientClipping(
             model, batch_first=True, loss_reduction="mean", max_grad_norm=clip, use_ghost_clipping=True
         )
@@ -128,10 +112,10 @@ class PrivateStepper:
     an empty sample: the step is noise only). ``close()`` removes Opacus' hooks.
     """
 
-    def __init__(self, model: torch.nn.Module, dp: DPSettings, train_cfg: TrainConfig,
+    def __init__(self, model: torch.nn.Module, *, dp: DPSettings, train_cfg: TrainConfig,
                  expected_batch: float) -> None:
         self.ghost = dp.grad_sample_mode == "ghost"
-        self.gsm = wrap(model, dp.grad_sample_mode, dp.clip)
+        self.gsm = wrap(model, dp.grad_sample_mode, clip=dp.clip)
         self.optimizer = (CsprngGhostDPOptimizer if self.ghost else CsprngDPOptimizer)(
             make_optimizer(self.gsm, train_cfg),
             noise_multiplier=dp.noise_multiplier,
@@ -191,7 +175,8 @@ def private_train_steps(
     n_episodes = len(episodes_now(np.random.default_rng(0)))  # depends on counts only
     if n_episodes == 0:
         raise ModelError("the client has no training pairs")
-    stepper = PrivateStepper(model, dp, train_cfg, dp.sample_rate * n_episodes)
+    stepper = PrivateStepper(model, dp=dp, train_cfg=train_cfg,
+                             expected_batch=dp.sample_rate * n_episodes)
     total = total_steps or steps
     losses: list[float] = []
     sampled_total = 0

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from securefvpa.rundir import read_node_config
+
 pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,14 +118,16 @@ def test_deployment_run_with_tls_and_supernode_auth(tmp_path):
     assert "Uvicorn running on https://127.0.0.1" in link_log  # TLS on Fleet/Control/Runtime
     assert link_log.count("RegisterNode] Created node_id") == 2  # both keys registered
     assert link_log.count("[Fleet.ActivateNode] Activated node_id") == 2
-    # Each SuperNode read its partition from its own folder (node config data-dir): the shared
-    # partitions/ folder no longer holds any.
+    # Each SuperNode read its partition from its own folder, named by its own node config
+    # file (the trust boundary): the shared partitions/ folder no longer holds any.
     assert list((run_dir / "partitions").glob("client_*.npz")) == []
     for i in range(2):
         node_log = (logs / f"supernode-{i}.log").read_text()
         data_dir = run_dir / "node-data" / f"supernode-{i}"
-        assert f'partition-id={i} num-partitions=2 data-dir="{data_dir}"' in node_log
-        assert [p.name for p in data_dir.iterdir()] == [f"client_{i:05d}.npz"]
+        own = data_dir / "node.toml"
+        assert f'partition-id={i} num-partitions=2 node-config="{own}"' in node_log
+        assert sorted(p.name for p in data_dir.iterdir()) == [f"client_{i:05d}.npz", "node.toml"]
+        assert read_node_config(own).partition == str(data_dir / f"client_{i:05d}.npz")
         assert "--auth-supernode-private-key" in node_log
 
     # Every process the launcher started or saw is gone, and so is every process that inherited

@@ -29,7 +29,7 @@ def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_conf
         },
     )
     out = tmp_path / "run"
-    metrics = run(write_config(cfg), out)
+    metrics = run(write_config(cfg), out).metrics
     rounds = metrics["rounds"]
     assert rounds[1]["clients"] >= 4 and not rounds[1]["declined"]
     assert rounds[1]["train_loss"] is None  # the raw loss never leaves a DP client

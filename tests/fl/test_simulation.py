@@ -14,16 +14,24 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from securefvpa.config import load_config
+from securefvpa.data.load import load_dataset
 from securefvpa.errors import ConfigError, FederationError
-from securefvpa.fl import client_app as real
-from securefvpa.run import run
+from securefvpa.fl import launch
+from securefvpa.fl.client_app import client_handlers
+from securefvpa.fl.node import NodeResolver
+from securefvpa.fl.secagg_mod import make_secagg_mod
+from securefvpa.rounds.local import LocalTransport
+from securefvpa.rounds.prepare import prepare_local, prepare_or_resume
+from securefvpa.run import RunResult, prepare_run_dir, run
+from securefvpa.rundir import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 
 def test_simulation_improves_over_round_zero(tmp_path, fed_config, write_config):
     cfg = write_config(fed_config(federation={"rounds": 4, "local_steps": 10}))
-    metrics = run(cfg, tmp_path / "run")
+    metrics = run(cfg, tmp_path / "run").metrics
     rounds = metrics["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
     assert all(r["clients"] >= 4 for r in rounds[1:])
@@ -31,66 +39,68 @@ def test_simulation_improves_over_round_zero(tmp_path, fed_config, write_config)
     acc_final = metrics["accuracy"]["seen_users"]
     assert acc_final > acc0 + 0.05, (acc0, acc_final)
     assert metrics["accuracy"]["unseen_users"] is not None
-    assert metrics["latent"]["mutual_information_bits"] >= 0.0
     resolved = (tmp_path / "run" / "config.resolved.toml").read_text()
     assert 'mode = "simulation"' in resolved
+    # The Flower evaluation of the final parameters equals the in-process evaluation of the
+    # same parameters (same clients, same counts): accuracy and latent metrics, MI included.
+    result = RunResult(tmp_path / "run", metrics)
+    local_cfg = load_config(cfg)
+    pairs, split, _ = load_dataset(local_cfg)
+    _, nodes = prepare_local(local_cfg, pairs, split, RunDir(tmp_path / "local"), data={})
+    again = LocalTransport(nodes).evaluate(4, result.parameters())
+    assert again["accuracy"] == metrics["accuracy"]
+    assert again["latent"] == metrics["latent"]
 
 
-def _failing_client_app(bad_partition: int) -> ClientApp:
+def _failing_client_app(nodes_dir, bad_partition: int) -> ClientApp:
     """The real ClientApp, except that one partition crashes while training."""
+    h = client_handlers(NodeResolver(nodes_dir))
     app = ClientApp()
-    app.query()(real.query)
-    app.evaluate()(real.evaluate)
+    app.query()(h.query)
+    app.evaluate()(h.evaluate)
 
-    @app.train()
+    @app.train(mods=[make_secagg_mod(h.resolver)])
     def train(msg: Message, context: Context) -> Message:
         if int(context.node_config["partition-id"]) == bad_partition:
             raise RuntimeError("injected client crash")
-        return real.train(msg, context)
+        return h.train(msg, context)
 
     return app
 
 
-def test_failed_client_is_tolerated(tmp_path, fed_config, write_config):
-    from securefvpa.config import load_config
-    from securefvpa.data.load import load_dataset
-    from securefvpa.fl import driver
-    from securefvpa.run import prepare_run_dir
+def _prepared(cfg, out):
+    rd = prepare_run_dir(cfg, out, resume=False)
+    manifest = prepare_or_resume(cfg, rd, resume=False, load=lambda: load_dataset(cfg))
+    return rd, manifest
 
+
+def test_failed_client_is_tolerated(tmp_path, fed_config, write_config):
     cfg = load_config(write_config(fed_config(federation={"rounds": 2, "local_steps": 3})))
-    out = tmp_path / "run"
-    prepare_run_dir(cfg, out, resume=False)
-    pairs, split, _ = load_dataset(cfg)
-    driver.prepare_federated_run(cfg, pairs, split, out)
-    result = driver.run_simulation_mode(cfg, out, resume=False, client_app=_failing_client_app(0))
-    trained_rounds = [r for r in result["rounds"] if r["round"] > 0]
+    rd, _ = _prepared(cfg, tmp_path / "run")
+    metrics = launch.run_simulation_mode(
+        cfg, rd, resume=False, client_app=_failing_client_app(rd.nodes, 0)
+    )
+    trained_rounds = [r for r in metrics["rounds"] if r["round"] > 0]
     assert len(trained_rounds) == 2
     for r in trained_rounds:
         if r["sampled"] and 0 in r["failed"]:
             assert r["clients"] == r["sampled"] - 1
     assert any(0 in r["failed"] for r in trained_rounds)
-    assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["round"] == 2
+    assert json.loads(rd.metrics.read_text())["rounds"][-1]["round"] == 2
 
 
 def test_too_many_failures_is_a_clear_error(tmp_path, fed_config, write_config):
-    from securefvpa.config import load_config
-    from securefvpa.data.load import load_dataset
-    from securefvpa.fl import driver
-    from securefvpa.run import prepare_run_dir
-
     # every training client but partition 0 is needed: min_fit_clients = all train clients
     cfg0 = fed_config(federation={"rounds": 1, "local_steps": 2})
     cfg = load_config(write_config(cfg0))
-    out = tmp_path / "run"
-    prepare_run_dir(cfg, out, resume=False)
-    pairs, split, _ = load_dataset(cfg)
-    manifest = driver.prepare_federated_run(cfg, pairs, split, out)
-    cfg0["federation"]["min_fit_clients"] = manifest["train_clients"]
+    _, manifest = _prepared(cfg, tmp_path / "probe")
+    cfg0["federation"]["min_fit_clients"] = manifest.train_clients
     cfg = load_config(write_config(cfg0, "strict.toml"))
-    (out / "config.resolved.toml").unlink()
-    prepare_run_dir(cfg, out, resume=False)
+    rd, _ = _prepared(cfg, tmp_path / "run")
     with pytest.raises(FederationError, match="min_fit_clients"):
-        driver.run_simulation_mode(cfg, out, resume=False, client_app=_failing_client_app(0))
+        launch.run_simulation_mode(
+            cfg, rd, resume=False, client_app=_failing_client_app(rd.nodes, 0)
+        )
 
 
 def _checkpoint_round(path) -> int:

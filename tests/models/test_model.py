@@ -69,7 +69,7 @@ def test_padded_values_change_no_output(kind: str, cond: str) -> None:
     out = model.infer(dataclasses.replace(batch, **noisy))
     for key, val in ref.items():
         torch.testing.assert_close(out[key], val, rtol=0, atol=0)
-    assert torch.all(ref["delta"][~batch.tgt_mask] == 0)
+    assert torch.all(ref["margin"][~batch.tgt_mask] == 0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -84,7 +84,7 @@ def test_swapping_target_responses_negates_the_reward_difference(kind: str, cond
         tgt_rejected=batch.tgt_chosen,
         tgt_len=batch.tgt_len.flip(-1),
     )
-    torch.testing.assert_close(model.infer(swapped)["delta"], -model.infer(batch)["delta"])
+    torch.testing.assert_close(model.infer(swapped)["margin"], -model.infer(batch)["margin"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -175,7 +175,7 @@ def test_oracle_conditions_on_the_type() -> None:
     _, batch = _batch()
     model = _model("oracle")
     flipped = dataclasses.replace(batch, type_index=1 - batch.type_index)
-    assert not torch.allclose(model.infer(batch)["delta"], model.infer(flipped)["delta"])
+    assert not torch.allclose(model.infer(batch)["margin"], model.infer(flipped)["margin"])
 
 
 def test_infer_returns_component_posterior_on_the_simplex() -> None:

@@ -21,7 +21,15 @@ NR = dp_accounting.NeighboringRelation
 
 
 def ev(sigma, q, steps, relation="replace_one", round_=0, client="c"):
-    return DpSgdEvent(client, round_, sigma, q, steps, 1.0, relation)
+    return DpSgdEvent(
+        client_id=client,
+        round=round_,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        clip=1.0,
+        relation=relation,
+    )
 
 
 def rounds(sigma, q, steps, n, relation="replace_one", client="c"):
@@ -192,7 +200,14 @@ def test_epsilon_ignores_order_client_round_and_clip():
     history = [ev(1.0, 0.1, 10, round_=0), ev(2.0, 0.2, 5, round_=1), ev(1.0, 0.1, 3, round_=2)]
     base = acc.epsilon(history, 1e-5, value_discretization_interval=1e-3)
     other = [
-        DpSgdEvent("zz", 7 + i, e.noise_multiplier, e.sample_rate, e.steps, 9.0)
+        DpSgdEvent(
+            client_id="zz",
+            round=7 + i,
+            noise_multiplier=e.noise_multiplier,
+            sample_rate=e.sample_rate,
+            steps=e.steps,
+            clip=9.0,
+        )
         for i, e in enumerate(history)
     ]
     for perm in itertools.permutations(other):

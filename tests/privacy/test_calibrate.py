@@ -15,7 +15,18 @@ D = 1e-3
 
 
 def planned(sigma, q, steps, rounds, relation):
-    return [DpSgdEvent("x", r, sigma, q, steps, 1.0, relation) for r in range(rounds)]
+    return [
+        DpSgdEvent(
+            client_id="x",
+            round=r,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+            clip=1.0,
+            relation=relation,
+        )
+        for r in range(rounds)
+    ]
 
 
 @pytest.mark.parametrize(

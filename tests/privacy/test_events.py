@@ -62,11 +62,31 @@ def test_canonical_json_round_trip_and_normalisation():
     ev = DpSgdEvent(**{**GOOD, "noise_multiplier": 2, "clip": 1})
     text = ev.to_json()
     assert text == (
-        '{"client_id":"c1","clip":1.0,"noise_multiplier":2.0,"relation":"replace_one",'
+        '{"attempt":1,"client_id":"c1","clip":1.0,"noise_multiplier":2.0,"relation":"replace_one",'
         f'"round":3,"sample_rate":0.25,"schema_version":{EVENT_SCHEMA_VERSION},"steps":7}}'
     )
     assert DpSgdEvent.from_json(text) == ev
     assert DpSgdEvent.from_json(text).to_json() == text
+
+
+def test_schema_1_payload_reads_as_attempt_1():
+    """Ledgers written before ``attempt`` existed still replay: schema 1 is attempt 1."""
+    v1 = {**GOOD, "schema_version": 1}
+    assert DpSgdEvent.from_payload(v1) == DpSgdEvent(**GOOD)
+    with pytest.raises(AccountingError, match="payload keys"):
+        DpSgdEvent.from_payload({**v1, "attempt": 1})
+
+
+def test_fields_are_keyword_only():
+    """Swapping sigma and q positionally must not pass silently: positions are refused."""
+    with pytest.raises(TypeError):
+        DpSgdEvent("c1", 3, 0.25, 2.0, 7, 1.0)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 1.0, True, "2"])
+def test_bad_attempt_rejected(attempt):
+    with pytest.raises(AccountingError, match="attempt"):
+        DpSgdEvent(**{**GOOD, "attempt": attempt})
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,21 @@ planned_round = st.tuples(
 )
 def test_allowed_sequences_never_exceed_budget(budget, delta, relation, accountant, plan):
     d = 1e-2  # coarse (still pessimistic) PLD keeps the property test fast
-    guard = BudgetGuard(budget, delta, accountant, value_discretization_interval=d)
+    guard = BudgetGuard(
+        budget_epsilon=budget, delta=delta, accountant=accountant, value_discretization_interval=d
+    )
     history: list[DpSgdEvent] = []
     for r, (sigma, q, steps) in enumerate(plan):
-        ev = DpSgdEvent("c", r, sigma, q, steps, 1.0, relation)
-        dec = guard.check("c", history, ev)
+        ev = DpSgdEvent(
+            client_id="c",
+            round=r,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+            clip=1.0,
+            relation=relation,
+        )
+        dec = guard.check(client_id="c", history=history, planned_event=ev)
         assert dec.allowed == (dec.epsilon_if_trained <= budget)
         assert dec.epsilon_now == epsilon(
             history, delta, accountant=accountant, value_discretization_interval=d
@@ -51,41 +61,47 @@ def test_allowed_sequences_never_exceed_budget(budget, delta, relation, accounta
 
 
 def test_declines_exactly_when_over_budget():
-    guard = BudgetGuard(8.0, 1e-5, value_discretization_interval=1e-3)
+    guard = BudgetGuard(budget_epsilon=8.0, delta=1e-5, value_discretization_interval=1e-3)
     history: list[DpSgdEvent] = []
     decisions = []
     for r in range(50):
-        ev = DpSgdEvent("c", r, 1.0, 0.1, 10, 1.0)
-        dec = guard.check("c", history, ev)
+        ev = DpSgdEvent(
+            client_id="c", round=r, noise_multiplier=1.0, sample_rate=0.1, steps=10, clip=1.0
+        )
+        dec = guard.check(client_id="c", history=history, planned_event=ev)
         decisions.append(dec.allowed)
         if dec.allowed:
             history.append(ev)
     assert decisions[0] and not decisions[-1]
     assert epsilon(history, 1e-5, value_discretization_interval=1e-3) <= 8.0
-    nxt = DpSgdEvent("c", 99, 1.0, 0.1, 10, 1.0)
+    nxt = DpSgdEvent(
+        client_id="c", round=99, noise_multiplier=1.0, sample_rate=0.1, steps=10, clip=1.0
+    )
     assert epsilon([*history, nxt], 1e-5, value_discretization_interval=1e-3) > 8.0
 
 
 def test_guard_rejects_foreign_and_repeated_events():
-    guard = BudgetGuard(5.0, 1e-5, "rdp")
-    a0 = DpSgdEvent("a", 0, 1.0, 0.1, 1, 1.0)
+    guard = BudgetGuard(budget_epsilon=5.0, delta=1e-5, accountant="rdp")
+    a0 = DpSgdEvent(
+        client_id="a", round=0, noise_multiplier=1.0, sample_rate=0.1, steps=1, clip=1.0
+    )
     with pytest.raises(AccountingError, match="'b'"):
-        guard.check("b", [], a0)
+        guard.check(client_id="b", history=[], planned_event=a0)
     with pytest.raises(AccountingError, match="round 0"):
-        guard.check("a", [a0], a0)
+        guard.check(client_id="a", history=[a0], planned_event=a0)
     with pytest.raises(AccountingError, match="DpSgdEvent"):
-        guard.check("a", [], "event")  # type: ignore[arg-type]
+        guard.check(client_id="a", history=[], planned_event="event")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("budget", [0, -1.0, math.inf, math.nan, "8", True])
 def test_bad_budget(budget):
     with pytest.raises(AccountingError, match="budget_epsilon") as info:
-        BudgetGuard(budget, 1e-5)
+        BudgetGuard(budget_epsilon=budget, delta=1e-5)
     assert repr(budget) in str(info.value)
 
 
 def test_bad_delta_and_accountant():
     with pytest.raises(AccountingError, match="delta"):
-        BudgetGuard(1.0, 1.5)
+        BudgetGuard(budget_epsilon=1.0, delta=1.5)
     with pytest.raises(AccountingError, match="accountant"):
-        BudgetGuard(1.0, 1e-5, "gdp")
+        BudgetGuard(budget_epsilon=1.0, delta=1e-5, accountant="gdp")

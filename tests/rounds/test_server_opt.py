@@ -11,8 +11,8 @@ import torch
 
 from securefvpa.config import config_from_dict
 from securefvpa.errors import ConfigError, FederationError
-from securefvpa.fl.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from securefvpa.fl.server_opt import ServerOptState, server_step
+from securefvpa.rounds.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from securefvpa.rounds.server_opt import ServerOptState, server_step
 
 
 def _fed(**kw: object):
@@ -77,8 +77,8 @@ def test_fedadam_state_round_trips_through_the_checkpoint(tmp_path: Path) -> Non
         params = server_step(
             fed, params, {k: rng.normal(size=v.shape) for k, v in params.items()}, opt
         )
-    save_checkpoint(tmp_path, ServerState(round=3, params=params, config_hash="h", opt=opt))
-    back = load_checkpoint(tmp_path, config_hash="h")
+    save_checkpoint(tmp_path / "server_state.npz", ServerState(round=3, params=params, config_hash="h", opt=opt))
+    back = load_checkpoint(tmp_path / "server_state.npz", config_hash="h")
     assert back is not None and back.opt.step == 3
     nxt = {k: rng.normal(size=v.shape) for k, v in params.items()}
     a = server_step(fed, params, nxt, opt)

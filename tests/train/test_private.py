@@ -231,7 +231,7 @@ def test_ghost_clipping_gives_the_same_clipped_sum(kind, deterministic_latent):
     batch = collate(pairs, episodes)
     clip = 0.05
     expected = per_episode_clipped_grads(model, batch, clip).sum(0)
-    gsm = wrap(model, "ghost", clip)
+    gsm = wrap(model, "ghost", clip=clip)
     opt = CsprngGhostDPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
                                  max_grad_norm=clip, expected_batch_size=len(episodes))
     per_episode, _ = gsm(**batch.inputs())

@@ -1,0 +1,97 @@
+"""An in-process transport for the round engine: direct calls into the client code.
+
+The audit runner and the benchmarks run rounds through :func:`securefvpa.rounds.engine.run_rounds`
+exactly as the Flower ServerApp does; only the transport differs: instead of Flower messages,
+:class:`LocalTransport` calls :func:`securefvpa.train.client.local_train_round` and
+:func:`~securefvpa.train.client.local_evaluate` on each node in turn and aggregates the weighted
+updates with the same :func:`~securefvpa.rounds.engine.weighted_mean` as the plain Flower path.
+Secure aggregation is left out here: it returns the same sum (the masks cancel exactly), so the
+aggregate, the server step and every DP event are those of a Flower run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from securefvpa.errors import FederationError
+from securefvpa.privacy.plan import DPSettings
+from securefvpa.rounds.engine import NodeInfo, RoundOutcome, weighted_mean
+from securefvpa.rounds.evaluation import combine_eval
+from securefvpa.train.client import STATUS_DECLINED, ClientNode, local_evaluate, local_train_round
+
+log = logging.getLogger("securefvpa.rounds")
+
+
+class LocalTransport:
+    """Rounds over ``nodes`` in this process. ``dp`` overrides the DP settings used for training
+    (the audit's injections; the ledger still records each node's planned event)."""
+
+    def __init__(
+        self,
+        nodes: list[ClientNode],
+        *,
+        dp: DPSettings | None = None,
+        evaluate: bool = True,
+    ) -> None:
+        if not nodes:
+            raise FederationError("LocalTransport needs at least one client node. Found none.")
+        self.nodes = {n.partition.partition_id: n for n in nodes}
+        self.cfg = nodes[0].cfg
+        self.dp = dp
+        self.do_evaluate = evaluate
+        self.last_eval_rows: list[tuple[int, str, Any]] = []
+
+    def discover(self) -> list[NodeInfo]:
+        return [
+            NodeInfo(
+                node_id=pid,
+                partition_id=pid,
+                role=n.partition.role,
+                train_pairs=n.partition.n_train_pairs,
+            )
+            for pid, n in sorted(self.nodes.items())
+        ]
+
+    def train_round(
+        self, rnd: int, attempt: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
+    ) -> RoundOutcome:
+        out = RoundOutcome(mean_update=None)
+        replies: list[tuple[int, float, dict[str, np.ndarray]]] = []
+        losses: list[float] = []
+        eps: list[float] = []
+        for info in sampled:
+            res = local_train_round(
+                self.nodes[info.partition_id], params, rnd=rnd, attempt=attempt, dp=self.dp
+            )
+            if res.status == STATUS_DECLINED or res.update is None:
+                out.declined.append(info.partition_id)
+                continue
+            w = res.num_examples
+            replies.append((info.partition_id, w, {k: v * w for k, v in res.update.items()}))
+            if math.isfinite(res.train_loss):
+                losses.append(res.train_loss)
+            if res.epsilon is not None:
+                eps.append(res.epsilon)
+        out.mean_update, out.trained, rejected = weighted_mean(replies, params)
+        for pid, reason in rejected:
+            log.warning(
+                "round %d: client %d sent a malformed update (%s); ignored", rnd, pid, reason
+            )
+            out.failed.append(pid)
+        out.train_loss = float(np.mean(losses)) if losses else None
+        out.epsilon_max = max(eps) if eps else None
+        return out
+
+    def evaluate(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        if not self.do_evaluate:
+            return {}
+        rows = [
+            (pid, n.partition.role, local_evaluate(n, params))
+            for pid, n in sorted(self.nodes.items())
+        ]
+        self.last_eval_rows = rows
+        return combine_eval(rows, self.cfg)
