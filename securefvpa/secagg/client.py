@@ -1,31 +1,48 @@
 """Client state machine of secure aggregation (Bonawitz et al. 2017, Fig. 4; SecAgg+ graph).
 
-One :class:`SecAggClient` object runs one round: ``reply = client.handle(request)`` for each of
-the five server requests, passing the encoded input vector with the masked-input request. Every
+One :class:`SecAggClient` object runs one protocol instance: ``reply = client.handle(request)``
+for each server request, passing the encoded input vector with the masked-input request. Every
 check that fails raises :class:`~securefvpa.errors.ProtocolAbort` (the client then refuses all
-further messages and has sent nothing secret); local misuse (wrong input dtype or length) raises
-:class:`~securefvpa.errors.ConfigError` and leaves the state unchanged.
+further messages, wipes its secrets and has sent nothing secret); local misuse (wrong input dtype
+or length) raises :class:`~securefvpa.errors.ConfigError` and leaves the state unchanged. Any
+other failure while processing server bytes also aborts the client (fail closed) and surfaces as
+a ``ProtocolAbort`` whose message starts with ``internal error`` (the tests assert that no input
+reaches that path).
 
 Notation (paper): ``H(u)`` = u's neighbours in the round graph plus u itself (the holders of
 u's shares); ``U1 ⊇ U2 ⊇ U3 ⊇ U4`` = nodes that advertised keys, shared keys, sent a masked
-input, signed the survivor list. The client only ever sees the intersections with ``H(u)``.
+input, signed the survivor list. The client only ever sees the intersections with ``H(u)``,
+except for U1's seed commitments and reveals in a SecAgg+ round, which every client sees in full.
+
+Graph seed (SecAgg+ only; threat_models/secagg.md §2): the client commits to a fresh 32-byte
+contribution in its signed key advertisement, reveals it only after the server has shown it the
+commitments of all of U1, keeps a digest of that set, and accepts only reveals that open exactly
+that set. It computes the seed and its neighbours itself; the server never names a seed.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefvpa.errors import ConfigError, ProtocolAbort
 from securefvpa.secagg import shamir
-from securefvpa.secagg.graph import MIN_PARTICIPANTS, neighbour_graph, threshold_for
+from securefvpa.secagg.graph import (
+    MIN_PARTICIPANTS,
+    effective_degree,
+    neighbour_graph,
+    threshold_for,
+)
 from securefvpa.secagg.messages import (
     MAX_NODES,
     SESSION_ID_BYTES,
@@ -37,7 +54,10 @@ from securefvpa.secagg.messages import (
     MaskedInputReply,
     MaskedInputRequest,
     RevealedShare,
+    RevealSeedReply,
+    RevealSeedRequest,
     SealedShare,
+    SeedReveal,
     ShareKeysReply,
     ShareKeysRequest,
     UnmaskReply,
@@ -45,19 +65,25 @@ from securefvpa.secagg.messages import (
     parse,
 )
 from securefvpa.secagg.primitives import (
+    COMMITMENT_BYTES,
+    KEY_BYTES,
     NONCE_BYTES,
     PURPOSE_PAIRWISE_MASK,
     PURPOSE_SHARE_ENCRYPTION,
     SEED_BYTES,
+    SIGNATURE_BYTES,
     advertise_payload,
     apply_masks,
+    commitment_digest,
     consistency_payload,
+    derive_graph_seed,
     open_sealed,
     pair_key,
     public_bytes,
     ring_dtype,
     round_context,
     seal,
+    seed_commitment,
     share_associated_data,
     sign,
     u64,
@@ -65,17 +91,57 @@ from securefvpa.secagg.primitives import (
     x25519_from_seed,
 )
 
+MAX_INSTANCES_PER_INPUT = 3
+"""Protocol instances one input may be masked in (a first try and two retries after aborts).
+
+Each instance draws a fresh, uniformly random SecAgg+ graph; a malicious server that aborts
+instances until a victim is surrounded by colluders gets at most this many draws per input, so
+its success probability is at most ``MAX_INSTANCES_PER_INPUT * graph.colluder_risk(...)``. The
+transport that holds the input enforces it with :func:`admit_instance`."""
+
+
+def admit_instance(started: int, *, limit: int = MAX_INSTANCES_PER_INPUT) -> int:
+    """Count one more protocol instance for the same input; returns ``started + 1``.
+
+    The caller keeps ``started`` next to the input (e.g. the Flower node state that holds the
+    local update) and stores the returned count *before* building the new
+    :class:`SecAggClient`, so a crash cannot reset it.
+
+    Raises:
+        ProtocolAbort: ``started >= limit``: the input has already been offered to ``limit``
+            instances (a server re-rolling the graph); the caller should discard the input.
+        ConfigError: ``started`` or ``limit`` is not a non-negative int.
+    """
+    for name, value in (("started", started), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an int >= 0. Found {value!r}.")
+    if started >= limit:
+        raise ProtocolAbort(
+            f"this input was already offered to {started} protocol instances (limit {limit}); "
+            "refusing another (a server re-rolling the neighbour graph?)"
+        )
+    return started + 1
+
 
 class ClientPhase(Enum):
-    """What the client expects next."""
+    """What the client expects next (protocol order; REVEAL_SEED only with a SecAgg+ graph)."""
 
     ADVERTISE_KEYS = "advertise-keys"
+    REVEAL_SEED = "reveal-seed"
     SHARE_KEYS = "share-keys"
     MASKED_INPUT = "masked-input"
     CONSISTENCY_CHECK = "consistency-check"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
+
+
+_ORDER = list(ClientPhase)
+_TERMINAL = (ClientPhase.DONE, ClientPhase.ABORTED)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -91,25 +157,27 @@ class ClientPolicy:
     max_participants: int = MAX_NODES
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.vector_length, bool)
-            or not isinstance(self.vector_length, int)
-            or (self.vector_length < 1)
-        ):
+        if not _is_int(self.vector_length) or self.vector_length < 1:
             raise ConfigError(f"vector_length must be an int >= 1. Found {self.vector_length!r}.")
         ring_dtype(self.bits)
-        if not 0.5 < self.threshold_fraction <= 1.0:
+        if (
+            not isinstance(self.threshold_fraction, int | float)
+            or isinstance(self.threshold_fraction, bool)
+            or not 0.5 < self.threshold_fraction <= 1.0
+        ):
             raise ConfigError(
                 f"secagg.threshold must be in (0.5, 1]. Found {self.threshold_fraction!r}."
             )
-        if self.degree < 0 or self.degree % 2:
+        if not _is_int(self.degree) or self.degree < 0 or self.degree % 2:
             raise ConfigError(
-                f"secagg.degree must be 0 or an even number >= 2. Found {self.degree}."
+                f"secagg.degree must be 0 or an even number >= 2. Found {self.degree!r}."
             )
-        if not MIN_PARTICIPANTS <= self.max_participants <= MAX_NODES:
+        if not _is_int(self.max_participants) or not (
+            MIN_PARTICIPANTS <= self.max_participants <= MAX_NODES
+        ):
             raise ConfigError(
                 f"max_participants must be in [{MIN_PARTICIPANTS}, {MAX_NODES}]. "
-                f"Found {self.max_participants}."
+                f"Found {self.max_participants!r}."
             )
 
 
@@ -123,11 +191,20 @@ def _as_public(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
 
 def load_roster(roster: Mapping[int, Ed25519PublicKey | bytes]) -> dict[int, Ed25519PublicKey]:
     """``{node_id: Ed25519 public key}`` from keys or raw 32-byte encodings."""
-    return {int(node): _as_public(key) for node, key in roster.items()}
+    if not isinstance(roster, Mapping):
+        raise ConfigError(
+            f"roster must be a mapping node_id -> key. Found {type(roster).__name__}."
+        )
+    out = {}
+    for node, key in roster.items():
+        if not _is_int(node) or not 0 <= node < 1 << 64:
+            raise ConfigError(f"roster node ids must be ints in [0, 2**64). Found {node!r}.")
+        out[node] = _as_public(key)
+    return out
 
 
 class SecAggClient:
-    """One client, one round. Drive it with :meth:`handle`.
+    """One client, one protocol instance. Drive it with :meth:`handle`.
 
     Args:
         node_id: this client's id (the transport's authenticated node id).
@@ -138,6 +215,9 @@ class SecAggClient:
         session_id: 32-byte id of the federation session (e.g. SHA-256 of the run id).
         round_id: the round number; messages from another session or round are refused.
         random_bytes: CSPRNG, ``os.urandom`` in production; injectable for tests.
+
+    Raises:
+        ConfigError: a bad local argument (ids, keys, roster, policy).
     """
 
     def __init__(
@@ -153,11 +233,15 @@ class SecAggClient:
     ) -> None:
         if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_BYTES:
             raise ConfigError(f"session_id must be {SESSION_ID_BYTES} bytes. Found {session_id!r}.")
-        if not 0 <= round_id < 1 << 64:
-            raise ConfigError(f"round_id must be in [0, 2**64). Found {round_id}.")
+        if not _is_int(round_id) or not 0 <= round_id < 1 << 64:
+            raise ConfigError(f"round_id must be an int in [0, 2**64). Found {round_id!r}.")
+        if not isinstance(identity_key, Ed25519PrivateKey):
+            raise ConfigError(f"identity_key must be an Ed25519PrivateKey. Found {identity_key!r}.")
+        if not isinstance(policy, ClientPolicy):
+            raise ConfigError(f"policy must be a ClientPolicy. Found {policy!r}.")
         self._roster = load_roster(roster)
-        if node_id not in self._roster:
-            raise ConfigError(f"node_id {node_id} is not in the roster.")
+        if not _is_int(node_id) or node_id not in self._roster:
+            raise ConfigError(f"node_id {node_id!r} is not in the roster.")
         if self._roster[node_id].public_bytes_raw() != identity_key.public_key().public_bytes_raw():
             raise ConfigError(f"identity_key does not match the roster entry of node {node_id}.")
         self.node_id = node_id
@@ -167,9 +251,24 @@ class SecAggClient:
         self._policy = policy
         self._random_bytes = random_bytes
         self._phase = ClientPhase.ADVERTISE_KEYS
+        # public round state, filled phase by phase (see _check_state for when each is set)
+        self._t = 0
+        self._participants: tuple[int, ...] = ()
+        self._param_context = b""  # round context without a seed: what key adverts sign
+        self._context = b""  # round context with the graph seed: keys, AEAD, consistency
+        self._graph_seed = b""  # SecAgg+ only, derived from the reveals
+        self._holders: frozenset[int] = frozenset()
+        self._u1_digest = b""  # SecAgg+ only: digest of the U1 commitments this node was shown
+        self._adverts: dict[int, KeyAdvert] = {}
+        self._u2: frozenset[int] = frozenset()
+        self._survivors: tuple[int, ...] = ()
+        # secrets: wiped by _reset_secrets when the round ends or aborts
+        self._c_key: X25519PrivateKey = None  # type: ignore[assignment]
+        self._s_key: X25519PrivateKey = None  # type: ignore[assignment]
+        self._contribution = b""  # r_u, secret until revealed
+        self._self_seed = b""
         self._b_shares: dict[int, int] = {}
         self._sk_shares: dict[int, int] = {}
-        self._reset_secrets()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -186,31 +285,39 @@ class SecAggClient:
         """Process one server request and return the reply bytes.
 
         Raises:
-            ProtocolAbort: the request failed a check; the client has aborted for good.
-            ConfigError: ``input_vector`` is missing or has the wrong dtype/length.
+            ProtocolAbort: the request failed a check (or could not be processed); the client
+                has aborted for good and wiped its secrets.
+            ConfigError: ``input_vector`` is missing or has the wrong dtype/length (checked
+                before the request is read; the state is unchanged).
         """
-        if self._phase in (ClientPhase.DONE, ClientPhase.ABORTED):
-            raise ProtocolAbort(f"client {self.node_id} is {self._phase.value}; message refused")
+        phase = self._phase
+        if phase in _TERMINAL:
+            raise ProtocolAbort(f"client {self.node_id} is {phase.value}; message refused")
+        vector = self._check_input(input_vector) if phase is ClientPhase.MASKED_INPUT else None
         try:
-            msg = parse(request, expected=self._EXPECTED[self._phase])
+            msg = parse(request, expected=self._EXPECTED[phase])
             if msg.session_id != self.session_id or msg.round_id != self.round_id:
                 raise ProtocolAbort("message belongs to another session or round (replay?)")
             if msg.node_id != self.node_id:
                 raise ProtocolAbort("message is addressed to another node")
-            handler = getattr(self, f"_on_{self._phase.name.lower()}")
-            if self._phase is ClientPhase.MASKED_INPUT:
-                vector = self._check_input(input_vector)
-                reply = handler(msg, vector)
+            if phase is ClientPhase.MASKED_INPUT:
+                reply = self._on_masked_input(msg, vector)  # type: ignore[arg-type]
             else:
-                reply = handler(msg)
+                reply = self._HANDLERS[phase](self, msg)
         except ProtocolAbort:
-            self._phase = ClientPhase.ABORTED
-            self._reset_secrets()
+            self._abort()
             raise
+        except Exception as exc:  # fail closed: never leave secrets behind an unexpected error
+            self._abort()
+            raise ProtocolAbort(
+                f"internal error while handling the {phase.value} request "
+                f"({type(exc).__name__}); client aborted"
+            ) from exc
         return reply
 
-    _EXPECTED = {
+    _EXPECTED: dict[ClientPhase, type] = {
         ClientPhase.ADVERTISE_KEYS: AdvertiseKeysRequest,
+        ClientPhase.REVEAL_SEED: RevealSeedRequest,
         ClientPhase.SHARE_KEYS: ShareKeysRequest,
         ClientPhase.MASKED_INPUT: MaskedInputRequest,
         ClientPhase.CONSISTENCY_CHECK: ConsistencyRequest,
@@ -226,46 +333,50 @@ class SecAggClient:
                 "round parameters differ from the client's policy "
                 f"(bits, vector_length, degree) = {(msg.bits, msg.vector_length, msg.degree)}"
             )
-        n = len(msg.participants)
-        if not MIN_PARTICIPANTS <= n <= p.max_participants:
-            raise ProtocolAbort(
-                f"participant count {n} outside [{MIN_PARTICIPANTS}, {p.max_participants}]"
-            )
-        if self.node_id not in msg.participants:
-            raise ProtocolAbort("this node is not in the participant list")
-        unknown = [v for v in msg.participants if v not in self._roster]
-        if unknown:
-            raise ProtocolAbort(f"participants not in the roster: {unknown[:5]}")
-        graph = neighbour_graph(msg.participants, msg.degree, msg.graph_seed)
-        holders = graph[self.node_id] | {self.node_id}
-        minimum = threshold_for(n, msg.degree, p.threshold_fraction)
-        if not minimum <= msg.threshold <= len(holders):
-            raise ProtocolAbort(
-                f"threshold {msg.threshold} outside [{minimum}, {len(holders)}] for this round"
-            )
+        self._check_round(msg.participants, msg.threshold)
         self._t = msg.threshold
-        self._holders = frozenset(holders)
-        self._participants = frozenset(msg.participants)
-        self._context = round_context(
-            session_id=self.session_id,
-            round_id=self.round_id,
-            threshold=msg.threshold,
-            degree=msg.degree,
-            bits=msg.bits,
-            vector_length=msg.vector_length,
-            graph_seed=msg.graph_seed,
-            participants=msg.participants,
-        )
+        self._participants = msg.participants
+        self._param_context = self._round_context(b"")
+        if not self._sparse:  # complete graph: no seed, every participant is a holder
+            self._set_graph(b"")
         self._c_key = x25519_from_seed(self._random_bytes(32))
         self._s_key = x25519_from_seed(self._random_bytes(32))
+        self._contribution = self._random_bytes(SEED_BYTES)
         c_pub, s_pub = public_bytes(self._c_key), public_bytes(self._s_key)
+        commitment = self._own_commitment()
         signature = sign(
-            self._identity, advertise_payload(self._context, self.node_id, c_pub, s_pub)
+            self._identity,
+            advertise_payload(self._param_context, self.node_id, c_pub, s_pub, commitment),
+        )
+        self._phase = ClientPhase.REVEAL_SEED if self._sparse else ClientPhase.SHARE_KEYS
+        return self._reply(
+            AdvertiseKeysReply,
+            c_public=c_pub,
+            s_public=s_pub,
+            seed_commitment=commitment,
+            signature=signature,
+        )
+
+    def _on_reveal_seed(self, msg: RevealSeedRequest) -> bytes:
+        ids = [c.node_id for c in msg.commitments]
+        if not set(ids) <= set(self._participants):
+            raise ProtocolAbort("seed commitments from nodes outside the participant list")
+        own = [c.commitment for c in msg.commitments if c.node_id == self.node_id]
+        if not own or not hmac.compare_digest(own[0], self._own_commitment()):
+            raise ProtocolAbort("server omitted or altered this node's seed commitment")
+        self._require_quorum(len(ids), "advertise keys")
+        self._u1_digest = commitment_digest(
+            self._param_context, [(c.node_id, c.commitment) for c in msg.commitments]
         )
         self._phase = ClientPhase.SHARE_KEYS
-        return self._reply(AdvertiseKeysReply, c_public=c_pub, s_public=s_pub, signature=signature)
+        return self._reply(RevealSeedReply, contribution=self._contribution)
 
     def _on_share_keys(self, msg: ShareKeysRequest) -> bytes:
+        committed: dict[int, bytes] = {}
+        if self._sparse:
+            committed = self._derive_graph(msg.reveals)
+        elif msg.reveals:
+            raise ProtocolAbort("graph-seed reveals in a complete-graph round")
         ids = [a.node_id for a in msg.adverts]
         if not set(ids) <= self._holders:
             raise ProtocolAbort("neighbour set does not match the round graph")
@@ -273,18 +384,24 @@ class SecAggClient:
             raise ProtocolAbort("own key advertisement missing from the neighbour list")
         self._require_quorum(len(ids), "advertise keys")
         c_pub, s_pub = public_bytes(self._c_key), public_bytes(self._s_key)
+        own = (c_pub, s_pub, self._own_commitment())
         seen: set[bytes] = set()
         for advert in msg.adverts:
-            if advert.node_id == self.node_id and (advert.c_public, advert.s_public) != (
-                c_pub,
-                s_pub,
+            v = advert.node_id
+            if self._sparse and (v not in committed or advert.seed_commitment != committed[v]):
+                raise ProtocolAbort(
+                    f"key advertisement of node {v} is not the one it committed in U1"
+                )
+            if (
+                v == self.node_id
+                and (advert.c_public, advert.s_public, advert.seed_commitment) != own
             ):
                 raise ProtocolAbort("server substituted this node's own public keys")
             payload = advertise_payload(
-                self._context, advert.node_id, advert.c_public, advert.s_public
+                self._param_context, v, advert.c_public, advert.s_public, advert.seed_commitment
             )
-            if not verify(self._roster[advert.node_id], advert.signature, payload):
-                raise ProtocolAbort(f"bad key-advertisement signature of node {advert.node_id}")
+            if not verify(self._roster[v], advert.signature, payload):
+                raise ProtocolAbort(f"bad key-advertisement signature of node {v}")
             if advert.c_public in seen or advert.s_public in seen:
                 raise ProtocolAbort("duplicate public keys among neighbours")
             seen.update((advert.c_public, advert.s_public))
@@ -297,9 +414,9 @@ class SecAggClient:
         )
         sk_secret = shamir.secret_to_int(self._s_key.private_bytes_raw())
         sk_shares = shamir.split(sk_secret, points, self._t, self._random_bytes)
-        own = shamir.point_of(self.node_id)
-        self._b_shares = {self.node_id: b_shares[own]}
-        self._sk_shares = {self.node_id: sk_shares[own]}
+        own_point = shamir.point_of(self.node_id)
+        self._b_shares = {self.node_id: b_shares[own_point]}
+        self._sk_shares = {self.node_id: sk_shares[own_point]}
         sealed = []
         for v in ids:
             if v == self.node_id:
@@ -326,6 +443,8 @@ class SecAggClient:
             v = item.peer_id
             ad = share_associated_data(self._context, v, self.node_id)
             plaintext = open_sealed(self._share_key(v), item.ciphertext, ad)
+            if len(plaintext) != 16 + 2 * shamir.SHARE_BYTES:
+                raise ProtocolAbort("relayed share has the wrong length")
             src, dst = struct.unpack(">QQ", plaintext[:16])
             if (src, dst) != (v, self.node_id):
                 raise ProtocolAbort("relayed share names the wrong sender or receiver")
@@ -356,7 +475,7 @@ class SecAggClient:
         u3 = frozenset(msg.survivors)
         if self.node_id not in u3:
             raise ProtocolAbort("survivor list omits this node")
-        if not u3 <= self._participants:
+        if not u3 <= set(self._participants):
             raise ProtocolAbort("survivor list names non-participants")
         local = u3 & self._holders
         if not local <= self._u2:
@@ -394,36 +513,130 @@ class SecAggClient:
         self._reset_secrets()
         return self._reply(UnmaskReply, self_mask_shares=b, key_shares=sk)
 
+    _HANDLERS: dict[ClientPhase, Callable[[SecAggClient, Any], bytes]] = {
+        ClientPhase.ADVERTISE_KEYS: _on_advertise_keys,
+        ClientPhase.REVEAL_SEED: _on_reveal_seed,
+        ClientPhase.SHARE_KEYS: _on_share_keys,
+        ClientPhase.CONSISTENCY_CHECK: _on_consistency_check,
+        ClientPhase.UNMASK: _on_unmask,
+    }
+
+    # -- round parameters and graph -----------------------------------------------------------
+
+    @property
+    def _sparse(self) -> bool:
+        """True for a SecAgg+ round (fewer neighbours than other participants)."""
+        n = len(self._participants)
+        return n > 0 and effective_degree(n, self._policy.degree) < n - 1
+
+    def _check_round(self, participants: tuple[int, ...], threshold: int) -> None:
+        """The server's participant list and threshold are acceptable under the policy."""
+        p = self._policy
+        n = len(participants)
+        if not MIN_PARTICIPANTS <= n <= p.max_participants:
+            raise ProtocolAbort(
+                f"participant count {n} outside [{MIN_PARTICIPANTS}, {p.max_participants}]"
+            )
+        if self.node_id not in participants:
+            raise ProtocolAbort("this node is not in the participant list")
+        unknown = [v for v in participants if v not in self._roster]
+        if unknown:
+            raise ProtocolAbort(f"participants not in the roster: {unknown[:5]}")
+        m = effective_degree(n, p.degree) + 1
+        minimum = threshold_for(n, p.degree, p.threshold_fraction)
+        if not minimum <= threshold <= m:
+            raise ProtocolAbort(f"threshold {threshold} outside [{minimum}, {m}] for this round")
+
+    def _round_context(self, graph_seed: bytes) -> bytes:
+        return round_context(
+            session_id=self.session_id,
+            round_id=self.round_id,
+            threshold=self._t,
+            degree=self._policy.degree,
+            bits=self._policy.bits,
+            vector_length=self._policy.vector_length,
+            graph_seed=graph_seed,
+            participants=self._participants,
+        )
+
+    def _set_graph(self, graph_seed: bytes) -> None:
+        """This node's holders and the round context, from the seed (``b""``: complete graph)."""
+        if graph_seed:
+            graph = neighbour_graph(self._participants, self._policy.degree, graph_seed)
+            self._holders = graph[self.node_id] | {self.node_id}
+        else:
+            self._holders = frozenset(self._participants)
+        self._graph_seed = graph_seed
+        self._context = self._round_context(graph_seed)
+
+    def _derive_graph(self, reveals: tuple[SeedReveal, ...]) -> dict[int, bytes]:
+        """Check that ``reveals`` open exactly the commitments of the U1 this node revealed
+        for, then derive the seed and graph; returns ``{node: commitment}`` of U1."""
+        committed = {
+            r.node_id: seed_commitment(self._param_context, r.node_id, r.contribution)
+            for r in reveals
+        }
+        digest = commitment_digest(self._param_context, sorted(committed.items()))
+        if not hmac.compare_digest(digest, self._u1_digest):
+            raise ProtocolAbort(
+                "graph-seed reveals do not open exactly the commitments this node was shown "
+                "(U1 changed after the reveal, or a reveal does not match its commitment)"
+            )
+        self._set_graph(
+            derive_graph_seed(self._param_context, [(r.node_id, r.contribution) for r in reveals])
+        )
+        return committed
+
+    def _own_commitment(self) -> bytes:
+        return seed_commitment(self._param_context, self.node_id, self._contribution)
+
     # -- persistence between transport calls -------------------------------------------------
     # A transport may run each phase in a fresh process (Flower's Deployment Engine starts one
     # ClientApp process per message), so the round state must survive as bytes. It holds the
     # round's secrets (X25519 keys, self-mask seed, Shamir shares): keep it where the client's
     # other secrets are (the node's own state), never send it anywhere.
 
+    STATE_VERSION = 2
+
     def export_state(self) -> bytes:
-        """This client's round state as bytes (secret; see the note above)."""
-        adverts = getattr(self, "_adverts", {})
+        """This client's round state as bytes (secret; see the note above). Only primary
+        values are stored; contexts and the graph are recomputed by :meth:`restore`."""
+        terminal = self._phase in _TERMINAL
+        keys = self._c_key is not None and not terminal
         state = {
-            "v": 1,
+            "v": self.STATE_VERSION,
             "node_id": self.node_id,
             "session_id": self.session_id.hex(),
             "round_id": self.round_id,
             "phase": self._phase.value,
-            "t": getattr(self, "_t", 0),
-            "holders": sorted(getattr(self, "_holders", ())),
-            "participants": sorted(getattr(self, "_participants", ())),
-            "context": getattr(self, "_context", b"").hex(),
-            "c_key": self._c_key.private_bytes_raw().hex() if self._c_key is not None else "",
-            "s_key": self._s_key.private_bytes_raw().hex() if self._s_key is not None else "",
-            "adverts": [
-                [a.node_id, a.c_public.hex(), a.s_public.hex(), a.signature.hex()]
-                for a in adverts.values()
+            "threshold": 0 if terminal else self._t,
+            "participants": [] if terminal else list(self._participants),
+            "graph_seed": "" if terminal else self._graph_seed.hex(),
+            "u1_digest": "" if terminal else self._u1_digest.hex(),
+            "contribution": self._contribution.hex(),
+            "c_key": self._c_key.private_bytes_raw().hex() if keys else "",
+            "s_key": self._s_key.private_bytes_raw().hex() if keys else "",
+            "adverts": []
+            if terminal
+            else [
+                [
+                    a.node_id,
+                    a.c_public.hex(),
+                    a.s_public.hex(),
+                    a.seed_commitment.hex(),
+                    a.signature.hex(),
+                ]
+                for _, a in sorted(self._adverts.items())
             ],
             "self_seed": self._self_seed.hex(),
-            "b_shares": {str(k): hex(v) for k, v in self._b_shares.items()},
-            "sk_shares": {str(k): hex(v) for k, v in self._sk_shares.items()},
-            "u2": sorted(getattr(self, "_u2", ())),
-            "survivors": list(getattr(self, "_survivors", ())),
+            "b_shares": [
+                [v, shamir.encode_share(s).hex()] for v, s in sorted(self._b_shares.items())
+            ],
+            "sk_shares": [
+                [v, shamir.encode_share(s).hex()] for v, s in sorted(self._sk_shares.items())
+            ],
+            "u2": [] if terminal else sorted(self._u2),
+            "survivors": [] if terminal else list(self._survivors),
         }
         return json.dumps(state, sort_keys=True).encode("ascii")
 
@@ -438,49 +651,153 @@ class SecAggClient:
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> SecAggClient:
         """Rebuild a client from :meth:`export_state`; identity, roster and policy come from
-        the caller (never from stored state), so a tampered state cannot change them."""
-        try:
-            d = json.loads(state.decode("ascii"))
-            if d.get("v") != 1:
-                raise ValueError(f"state version {d.get('v')!r}")
-            client = cls(
-                node_id=int(d["node_id"]),
-                identity_key=identity_key,
-                roster=roster,
-                policy=policy,
-                session_id=bytes.fromhex(d["session_id"]),
-                round_id=int(d["round_id"]),
-                random_bytes=random_bytes,
+        the caller (never from stored state), so a tampered state cannot change them.
+
+        The whole state is validated here, against the same rules the phase handlers
+        enforce: a state that no honest run of this client could have exported in its phase
+        (a share or advert missing, a list unsorted, a key of the wrong size...) is refused, so
+        :meth:`handle` never meets an inconsistent state.
+
+        Raises:
+            ProtocolAbort: the state is unreadable, belongs to another node, or is
+                inconsistent (the caller should discard it; nothing secret was sent).
+            ConfigError: a bad local argument (identity key, roster, policy).
+        """
+        keys = load_roster(roster)  # local arguments first: their errors are ConfigError
+        if not isinstance(identity_key, Ed25519PrivateKey):
+            raise ConfigError(f"identity_key must be an Ed25519PrivateKey. Found {identity_key!r}.")
+        if not isinstance(policy, ClientPolicy):
+            raise ConfigError(f"policy must be a ClientPolicy. Found {policy!r}.")
+        if not isinstance(state, bytes | bytearray | memoryview):
+            raise ProtocolAbort(
+                f"stored secure-aggregation state must be bytes. Found {type(state).__name__}."
             )
-            client._phase = ClientPhase(d["phase"])
-            if client._phase is not ClientPhase.ADVERTISE_KEYS:
-                client._t = int(d["t"])
-                client._holders = frozenset(int(x) for x in d["holders"])
-                client._participants = frozenset(int(x) for x in d["participants"])
-                client._context = bytes.fromhex(d["context"])
-            if d["c_key"]:
-                client._c_key = x25519_from_seed(bytes.fromhex(d["c_key"]))
-                client._s_key = x25519_from_seed(bytes.fromhex(d["s_key"]))
-            client._adverts = {
-                int(a[0]): KeyAdvert(
-                    int(a[0]), bytes.fromhex(a[1]), bytes.fromhex(a[2]), bytes.fromhex(a[3])
-                )
-                for a in d["adverts"]
-            }
-            client._self_seed = bytes.fromhex(d["self_seed"])
-            client._b_shares = {int(k): int(v, 16) for k, v in d["b_shares"].items()}
-            client._sk_shares = {int(k): int(v, 16) for k, v in d["sk_shares"].items()}
-            client._u2 = frozenset(int(x) for x in d["u2"])
-            client._survivors = tuple(int(x) for x in d["survivors"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise ProtocolAbort(f"stored secure-aggregation state is unreadable: {exc}") from None
+        try:
+            data = json.loads(bytes(state).decode("ascii"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ProtocolAbort(
+                f"stored secure-aggregation state is not valid JSON ({type(exc).__name__})"
+            ) from None
+        fields = _StateFields(data)
+        node_id = fields.integer("node_id", 0, (1 << 64) - 1)
+        own_key = identity_key.public_key().public_bytes_raw()
+        if node_id not in keys or keys[node_id].public_bytes_raw() != own_key:
+            raise ProtocolAbort(
+                f"stored secure-aggregation state is for node {node_id}, not this identity"
+            )
+        client = cls(
+            node_id=node_id,
+            identity_key=identity_key,
+            roster=keys,
+            policy=policy,
+            session_id=fields.hexbytes("session_id", (SESSION_ID_BYTES,)),
+            round_id=fields.integer("round_id", 0, (1 << 64) - 1),
+            random_bytes=random_bytes,
+        )
+        try:
+            client._load(fields)
+            client._check_state()
+        except ProtocolAbort:
+            raise
+        except Exception as exc:  # fail closed; the tests assert this is unreachable
+            raise ProtocolAbort(
+                f"internal error while restoring secure-aggregation state ({type(exc).__name__})"
+            ) from exc
         return client
+
+    def _load(self, f: _StateFields) -> None:
+        """Set every field from a parsed state (types and sizes checked; consistency next)."""
+        try:
+            self._phase = ClientPhase(f.get("phase", str))
+        except ValueError:
+            raise f.bad("phase", "is not a client phase") from None
+        self._t = f.integer("threshold", 0, MAX_NODES)
+        self._participants = f.ids("participants")
+        self._graph_seed = f.hexbytes("graph_seed", (0, SEED_BYTES))
+        self._u1_digest = f.hexbytes("u1_digest", (0, 32))  # SHA-256
+        self._contribution = f.hexbytes("contribution", (0, SEED_BYTES))
+        c_key = f.hexbytes("c_key", (0, KEY_BYTES))
+        s_key = f.hexbytes("s_key", (0, KEY_BYTES))
+        if bool(c_key) != bool(s_key):
+            raise f.bad("c_key", "and s_key must both be present or both empty")
+        self._c_key = x25519_from_seed(c_key) if c_key else None  # type: ignore[assignment]
+        self._s_key = x25519_from_seed(s_key) if s_key else None  # type: ignore[assignment]
+        self._adverts = f.adverts("adverts")
+        self._self_seed = f.hexbytes("self_seed", (0, SEED_BYTES))
+        self._b_shares = f.shares("b_shares")
+        self._sk_shares = f.shares("sk_shares")
+        self._u2 = frozenset(f.ids("u2"))
+        self._survivors = f.ids("survivors")
+        f.check_no_extra_keys()
+
+    def _check_state(self) -> None:
+        """Refuse a restored state that no honest run could have exported in its phase."""
+        phase = self._phase
+        # How far the round got: the index of the phase whose request comes next (0 before
+        # the first request); terminal phases keep no round state at all.
+        level = 0 if phase in _TERMINAL else _ORDER.index(phase)
+        started = level >= 1
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ProtocolAbort(
+                    f"stored secure-aggregation state is inconsistent ({phase.value}): {what}"
+                )
+
+        if started:
+            try:
+                self._check_round(self._participants, self._t)
+            except ProtocolAbort as exc:
+                need(False, str(exc))
+            self._param_context = self._round_context(b"")
+        else:
+            need(self._t == 0 and not self._participants, "round parameters before the round")
+        sparse = self._sparse
+        need(phase is not ClientPhase.REVEAL_SEED or sparse, "reveal-seed phase without a graph")
+        need((self._c_key is not None) == started, "mask/encryption keys present iff started")
+        need(bool(self._contribution) == started, "seed contribution present iff started")
+        need(bool(self._u1_digest) == (sparse and level >= 2), "U1 digest iff revealed")
+        need(bool(self._graph_seed) == (sparse and level >= 3), "graph seed iff derived")
+        if started and (not sparse or level >= 3):
+            self._set_graph(self._graph_seed)
+
+        has_adverts = level >= 3
+        need(bool(self._adverts) == has_adverts, "neighbour adverts iff keys were shared")
+        need(bool(self._self_seed) == has_adverts, "self-mask seed iff keys were shared")
+        if has_adverts:
+            need(set(self._adverts) <= self._holders, "an advert from outside the neighbourhood")
+            need(len(self._adverts) >= self._t, "fewer adverts than the threshold")
+            mine = self._adverts.get(self.node_id)
+            need(
+                mine is not None
+                and (mine.c_public, mine.s_public, mine.seed_commitment)
+                == (public_bytes(self._c_key), public_bytes(self._s_key), self._own_commitment()),
+                "own advert missing or not this node's keys",
+            )
+        if level >= 4:
+            holders_of_shares: frozenset[int] = self._u2
+            need(self.node_id in self._u2, "U2 without this node")
+            need(self._u2 <= set(self._adverts), "U2 member without an advert")
+            need(len(self._u2) >= self._t, "U2 smaller than the threshold")
+        else:
+            need(not self._u2, "U2 before masking")
+            holders_of_shares = frozenset({self.node_id}) if has_adverts else frozenset()
+        need(set(self._b_shares) == holders_of_shares, "self-mask shares do not match U2")
+        need(set(self._sk_shares) == holders_of_shares, "mask-key shares do not match U2")
+        if level >= 5:
+            u3 = frozenset(self._survivors)
+            need(self.node_id in u3, "survivor list without this node")
+            need(u3 <= set(self._participants), "survivor outside the participants")
+            local = u3 & self._holders
+            need(local <= self._u2 and len(local) >= self._t, "survivor list not acceptable")
+        else:
+            need(not self._survivors, "survivor list before the consistency check")
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _reply(self, cls: type, **body: object) -> bytes:
         msg = cls(session_id=self.session_id, round_id=self.round_id, node_id=self.node_id, **body)
-        return msg.to_bytes()
+        return msg.to_bytes()  # type: ignore[no-any-return]
 
     def _require_quorum(self, count: int, phase: str) -> None:
         if count < self._t:
@@ -509,9 +826,128 @@ class SecAggClient:
             )
         return vector
 
+    def _abort(self) -> None:
+        self._phase = ClientPhase.ABORTED
+        self._reset_secrets()
+
     def _reset_secrets(self) -> None:
         self._c_key = None  # type: ignore[assignment]
         self._s_key = None  # type: ignore[assignment]
+        self._contribution = b""
         self._self_seed = b""
         self._b_shares = {}
         self._sk_shares = {}
+
+
+class _StateFields:
+    """Typed access to a parsed state object; every failure is a ProtocolAbort naming the key."""
+
+    _KEYS = frozenset(
+        {
+            "v",
+            "node_id",
+            "session_id",
+            "round_id",
+            "phase",
+            "threshold",
+            "participants",
+            "graph_seed",
+            "u1_digest",
+            "contribution",
+            "c_key",
+            "s_key",
+            "adverts",
+            "self_seed",
+            "b_shares",
+            "sk_shares",
+            "u2",
+            "survivors",
+        }
+    )
+
+    def __init__(self, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ProtocolAbort(
+                f"stored secure-aggregation state must be a JSON object. Found {type(data).__name__}."
+            )
+        self._d = data
+        version = data.get("v")
+        if not _is_int(version) or version != SecAggClient.STATE_VERSION:
+            raise self.bad("v", f"must be {SecAggClient.STATE_VERSION}")
+
+    def bad(self, key: str, what: str) -> ProtocolAbort:
+        return ProtocolAbort(f"stored secure-aggregation state is unreadable: field {key} {what}")
+
+    def check_no_extra_keys(self) -> None:
+        extra = set(self._d) - self._KEYS
+        if extra:
+            raise self.bad(sorted(map(str, extra))[0], "is not a state field")
+
+    def get(self, key: str, kind: type) -> Any:
+        if key not in self._d:
+            raise self.bad(key, "is missing")
+        value = self._d[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise self.bad(key, f"must be a {kind.__name__}")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int) -> int:
+        return self.check_int(key, self.get(key, int), lo, hi)
+
+    def check_int(self, key: str, value: object, lo: int, hi: int) -> int:
+        if not _is_int(value) or not lo <= value <= hi:  # type: ignore[operator]
+            raise self.bad(key, f"must be an int in [{lo}, {hi}]")
+        return value  # type: ignore[return-value]
+
+    def hexbytes(self, key: str, sizes: tuple[int, ...]) -> bytes:
+        return self.check_hex(key, self.get(key, str), sizes)
+
+    def check_hex(self, key: str, value: object, sizes: tuple[int, ...]) -> bytes:
+        if not isinstance(value, str) or len(value) not in tuple(2 * s for s in sizes):
+            raise self.bad(key, f"must be hex of {' or '.join(map(str, sizes))} bytes")
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise self.bad(key, "is not hex") from None
+
+    def ids(self, key: str) -> tuple[int, ...]:
+        values = self.get(key, list)
+        if len(values) > MAX_NODES:
+            raise self.bad(key, f"has more than {MAX_NODES} ids")
+        prev = -1
+        for v in values:
+            self.check_int(key, v, 0, (1 << 64) - 1)
+            if v <= prev:
+                raise self.bad(key, "must be strictly increasing node ids")
+            prev = v
+        return tuple(values)
+
+    def _rows(self, key: str, width: int) -> list[list[Any]]:
+        rows = self.get(key, list)
+        prev = -1
+        for row in rows:
+            if not isinstance(row, list) or len(row) != width:
+                raise self.bad(key, f"must hold [node, ...] rows of {width} items")
+            self.check_int(key, row[0], 0, (1 << 64) - 1)
+            if row[0] <= prev:
+                raise self.bad(key, "must be strictly increasing by node id")
+            prev = row[0]
+        return rows
+
+    def shares(self, key: str) -> dict[int, int]:
+        out = {}
+        for node, value in self._rows(key, 2):
+            out[node] = shamir.decode_share(self.check_hex(key, value, (shamir.SHARE_BYTES,)))
+        return out
+
+    def adverts(self, key: str) -> dict[int, KeyAdvert]:
+        out = {}
+        for node, c_pub, s_pub, commitment, signature in self._rows(key, 5):
+            out[node] = KeyAdvert(
+                node,
+                self.check_hex(key, c_pub, (KEY_BYTES,)),
+                self.check_hex(key, s_pub, (KEY_BYTES,)),
+                self.check_hex(key, commitment, (COMMITMENT_BYTES,)),
+                self.check_hex(key, signature, (SIGNATURE_BYTES,)),
+            )
+        return out

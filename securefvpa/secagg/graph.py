@@ -9,10 +9,13 @@ participants by the permutation, node i is joined to nodes i +- 1, ..., i +- k/2
 
 The permutation is derived from a public 32-byte ``graph_seed`` (AES-CTR keystream,
 Fisher-Yates with rejection sampling), so every party recomputes the same graph and a client
-checks that the server's neighbour lists match it. Assumption: the seed is chosen by the server
-(allowed by Bell et al. for a semi-honest server). A malicious server could try many seeds to
-surround a victim with colluding clients; against that the seed should come from a
-commit-and-reveal among clients or a public beacon. See threat_models/secagg.md.
+checks that the server's neighbour lists match it. The seed is not the server's to choose: the
+clients derive it by commit-then-reveal over fresh contributions of every node that advertised
+keys (:func:`securefvpa.secagg.primitives.derive_graph_seed`), so a malicious server cannot try
+seeds until a victim is surrounded by colluders; it can only abort a protocol instance, which a
+client's input survives in at most a few (``client.MAX_INSTANCES_PER_INPUT``). What is left is
+the chance that a *uniformly random* neighbourhood holds enough colluders,
+:func:`colluder_risk`. See threat_models/secagg.md.
 
 ``degree == 0`` (or ``degree >= n - 1``) is the complete graph of Bonawitz et al.
 
@@ -82,6 +85,40 @@ def threshold_for(n: int, degree: int, fraction: float) -> int:
         raise ConfigError(f"secagg.threshold must be in (0.5, 1]. Found {fraction!r}.")
     m = effective_degree(n, degree) + 1
     return max(math.ceil(fraction * m - 1e-12), m // 2 + 1)
+
+
+def colluder_risk(n: int, degree: int, fraction: float, colluders: int) -> float:
+    """Probability that one honest node's neighbourhood holds ``>= 2t - m`` of ``colluders``.
+
+    A malicious server that shows different survivor lists to different holders of an honest
+    node ``u`` receives at most one of ``u``'s two secrets from each honest holder and both from
+    each corrupted one, so it can rebuild both (and unmask ``u``) only if ``c_u >= 2t - m``
+    corrupted clients sit among ``u``'s ``m - 1 = k`` neighbours (threat_models/secagg.md, §3;
+    ``tests/secagg/test_collusion.py``). With the graph seed out of the server's control, ``u``'s
+    neighbours are a uniformly random ``k``-subset of the other ``n - 1`` participants (a
+    uniform permutation places ``u`` anywhere on the ring), so ``c_u`` is hypergeometric and this
+    is its exact upper tail ``sum_{j >= 2t-m} C(c, j) C(n-1-c, k-j) / C(n-1, k)``. It bounds the
+    attack on a given victim in one protocol instance; a server that aborts and restarts gets at
+    most ``MAX_INSTANCES_PER_INPUT`` independent tries per input. For the complete graph
+    (``k = n - 1``) it is 1 if ``c >= 2t - n`` else 0.
+
+    Choose ``degree`` (and ``fraction``) so this is negligible for the number of corrupted
+    clients a deployment must tolerate; :func:`degree_for` sizes ``k`` for dropouts only.
+    """
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or not 0 <= colluders < n:
+        raise ConfigError(f"colluders must be an int in [0, n). Found {colluders!r} (n = {n}).")
+    k = effective_degree(n, degree)
+    m = k + 1
+    need = 2 * threshold_for(n, degree, fraction) - m
+    if need <= 0:
+        return 1.0
+    others = n - 1
+    total = math.comb(others, k)
+    tail = sum(
+        math.comb(colluders, j) * math.comb(others - colluders, k - j)
+        for j in range(need, min(colluders, k) + 1)
+    )
+    return tail / total
 
 
 def _random_permutation(items: Sequence[int], seed: bytes) -> list[int]:

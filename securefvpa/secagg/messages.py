@@ -2,7 +2,11 @@
 
 Every message is ``header || body``. Header (54 bytes, integers big-endian)::
 
-    magic "SFSA" | version u8 (=1) | type tag u8 | session_id 32 bytes | round u64 | node_id u64
+    magic "SFSA" | version u8 (=2) | type tag u8 | session_id 32 bytes | round u64 | node_id u64
+
+Version 2 added the graph-seed exchange (a seed commitment in the key advertisement, the
+reveal-seed request/reply, the reveals in the share-keys request) and dropped the server-chosen
+``graph_seed`` field; version-1 bytes are refused.
 
 ``node_id`` is the recipient of a server request and the sender of a client reply. Bodies are
 fixed-width fields and lists ``count u32 || items``; id lists and per-node entries are strictly
@@ -12,8 +16,9 @@ increasing by node id (so no duplicates); a masked vector is ``bits u8 || length
 :func:`parse` is strict: wrong magic, version or tag, a truncated field, a count larger than the
 bytes that follow or than :data:`MAX_NODES`, a value out of range, unsorted or duplicate ids and
 trailing bytes all raise :class:`MalformedMessage` (a :class:`~securefvpa.errors.ProtocolAbort`)
-before anything is allocated from a length field. Constructors run the same checks, so a message
-object that exists is well formed.
+before anything is allocated from a length field. Constructors run the same checks (an ``int``
+field refuses ``32.0``, ``True`` and numpy integers; a bytes field refuses ``str``), so a message
+object that exists is well formed and serialises.
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from securefvpa.errors import ProtocolAbort
-from securefvpa.secagg.primitives import KEY_BYTES, NONCE_BYTES, SIGNATURE_BYTES, TAG_BYTES
+from securefvpa.secagg.primitives import (
+    COMMITMENT_BYTES,
+    KEY_BYTES,
+    NONCE_BYTES,
+    SEED_BYTES,
+    SIGNATURE_BYTES,
+    TAG_BYTES,
+)
 from securefvpa.secagg.shamir import SHARE_BYTES
 
 MAGIC = b"SFSA"
-VERSION = 1
+VERSION = 2
 SESSION_ID_BYTES = 32
-SEED_BYTES = 32
 MAX_NODES = 1 << 16
 MAX_VECTOR_LENGTH = 1 << 31
 HEADER_BYTES = 4 + 1 + 1 + SESSION_ID_BYTES + 8 + 8
@@ -52,14 +63,16 @@ class MessageType(IntEnum):
 
     ADVERTISE_KEYS_REQUEST = 1
     ADVERTISE_KEYS_REPLY = 2
-    SHARE_KEYS_REQUEST = 3
-    SHARE_KEYS_REPLY = 4
-    MASKED_INPUT_REQUEST = 5
-    MASKED_INPUT_REPLY = 6
-    CONSISTENCY_REQUEST = 7
-    CONSISTENCY_REPLY = 8
-    UNMASK_REQUEST = 9
-    UNMASK_REPLY = 10
+    REVEAL_SEED_REQUEST = 3
+    REVEAL_SEED_REPLY = 4
+    SHARE_KEYS_REQUEST = 5
+    SHARE_KEYS_REPLY = 6
+    MASKED_INPUT_REQUEST = 7
+    MASKED_INPUT_REPLY = 8
+    CONSISTENCY_REQUEST = 9
+    CONSISTENCY_REPLY = 10
+    UNMASK_REQUEST = 11
+    UNMASK_REPLY = 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +87,12 @@ def _int(name: str, value: Any, lo: int, hi: int) -> None:
 def _bytes(name: str, value: Any, size: int) -> None:
     if not isinstance(value, bytes) or len(value) != size:
         raise MalformedMessage(f"field {name} must be {size} bytes")
+
+
+def _bits(value: Any) -> None:
+    _int("bits", value, 32, 64)
+    if value not in (32, 64):
+        raise MalformedMessage("field bits must be 32 or 64")
 
 
 def _ids(name: str, value: Any) -> None:
@@ -162,27 +181,83 @@ def _w_ids(ids: tuple[int, ...]) -> bytes:
 
 @dataclass(frozen=True)
 class KeyAdvert:
-    """A client's signed public keys, relayed by the server to its neighbours."""
+    """A client's signed public keys and graph-seed commitment, relayed to its neighbours."""
 
     node_id: int
     c_public: bytes
     s_public: bytes
+    seed_commitment: bytes
     signature: bytes
 
-    SIZE: ClassVar[int] = 8 + 2 * KEY_BYTES + SIGNATURE_BYTES
+    SIZE: ClassVar[int] = 8 + 2 * KEY_BYTES + COMMITMENT_BYTES + SIGNATURE_BYTES
 
     def __post_init__(self) -> None:
         _int("node_id", self.node_id, 0, _U64_MAX)
         _bytes("c_public", self.c_public, KEY_BYTES)
         _bytes("s_public", self.s_public, KEY_BYTES)
+        _bytes("seed_commitment", self.seed_commitment, COMMITMENT_BYTES)
         _bytes("signature", self.signature, SIGNATURE_BYTES)
 
     def to_bytes(self) -> bytes:
-        return struct.pack(">Q", self.node_id) + self.c_public + self.s_public + self.signature
+        return (
+            struct.pack(">Q", self.node_id)
+            + self.c_public
+            + self.s_public
+            + self.seed_commitment
+            + self.signature
+        )
 
     @classmethod
     def read(cls, r: _Reader) -> KeyAdvert:
-        return cls(r.u64(), r.take(KEY_BYTES), r.take(KEY_BYTES), r.take(SIGNATURE_BYTES))
+        return cls(
+            r.u64(),
+            r.take(KEY_BYTES),
+            r.take(KEY_BYTES),
+            r.take(COMMITMENT_BYTES),
+            r.take(SIGNATURE_BYTES),
+        )
+
+
+@dataclass(frozen=True)
+class SeedCommitment:
+    """``node_id``'s commitment to its graph-seed contribution (from its signed advert)."""
+
+    node_id: int
+    commitment: bytes
+
+    SIZE: ClassVar[int] = 8 + COMMITMENT_BYTES
+
+    def __post_init__(self) -> None:
+        _int("node_id", self.node_id, 0, _U64_MAX)
+        _bytes("commitment", self.commitment, COMMITMENT_BYTES)
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">Q", self.node_id) + self.commitment
+
+    @classmethod
+    def read(cls, r: _Reader) -> SeedCommitment:
+        return cls(r.u64(), r.take(COMMITMENT_BYTES))
+
+
+@dataclass(frozen=True)
+class SeedReveal:
+    """``node_id``'s opened graph-seed contribution."""
+
+    node_id: int
+    contribution: bytes
+
+    SIZE: ClassVar[int] = 8 + SEED_BYTES
+
+    def __post_init__(self) -> None:
+        _int("node_id", self.node_id, 0, _U64_MAX)
+        _bytes("contribution", self.contribution, SEED_BYTES)
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">Q", self.node_id) + self.contribution
+
+    @classmethod
+    def read(cls, r: _Reader) -> SeedReveal:
+        return cls(r.u64(), r.take(SEED_BYTES))
 
 
 @dataclass(frozen=True)
@@ -249,7 +324,7 @@ class RevealedShare:
         return cls(r.u64(), r.take(SHARE_BYTES))
 
 
-E = TypeVar("E", KeyAdvert, SealedShare, NodeSignature, RevealedShare)
+E = TypeVar("E", KeyAdvert, SeedCommitment, SeedReveal, SealedShare, NodeSignature, RevealedShare)
 
 
 def _w_entries(entries: tuple[Any, ...]) -> bytes:
@@ -292,13 +367,13 @@ class _Message:
 
 @dataclass(frozen=True)
 class AdvertiseKeysRequest(_Message):
-    """Server -> client: the round's public parameters; asks for fresh public keys."""
+    """Server -> client: the round's public parameters (no graph seed: the clients derive it,
+    see :class:`RevealSeedRequest`); asks for fresh public keys."""
 
     threshold: int
     degree: int
     bits: int
     vector_length: int
-    graph_seed: bytes
     participants: tuple[int, ...]
 
     TAG: ClassVar[MessageType] = MessageType.ADVERTISE_KEYS_REQUEST
@@ -307,15 +382,13 @@ class AdvertiseKeysRequest(_Message):
         super().__post_init__()
         _int("threshold", self.threshold, 1, MAX_NODES)
         _int("degree", self.degree, 0, MAX_NODES)
-        if self.bits not in (32, 64) or isinstance(self.bits, bool):
-            raise MalformedMessage("field bits must be 32 or 64")
+        _bits(self.bits)
         _int("vector_length", self.vector_length, 1, MAX_VECTOR_LENGTH)
-        _bytes("graph_seed", self.graph_seed, SEED_BYTES)
         _ids("participants", self.participants)
 
     def _body(self) -> bytes:
         fixed = struct.pack(">IIBQ", self.threshold, self.degree, self.bits, self.vector_length)
-        return fixed + self.graph_seed + _w_ids(self.participants)
+        return fixed + _w_ids(self.participants)
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:
@@ -324,17 +397,18 @@ class AdvertiseKeysRequest(_Message):
             "degree": r.u32(),
             "bits": r.u8(),
             "vector_length": r.u64(),
-            "graph_seed": r.take(SEED_BYTES),
             "participants": r.ids(),
         }
 
 
 @dataclass(frozen=True)
 class AdvertiseKeysReply(_Message):
-    """Client -> server: two X25519 public keys, signed with the client's identity key."""
+    """Client -> server: two X25519 public keys and a commitment to a fresh graph-seed
+    contribution, signed with the client's identity key."""
 
     c_public: bytes
     s_public: bytes
+    seed_commitment: bytes
     signature: bytes
 
     TAG: ClassVar[MessageType] = MessageType.ADVERTISE_KEYS_REPLY
@@ -343,38 +417,85 @@ class AdvertiseKeysReply(_Message):
         super().__post_init__()
         _bytes("c_public", self.c_public, KEY_BYTES)
         _bytes("s_public", self.s_public, KEY_BYTES)
+        _bytes("seed_commitment", self.seed_commitment, COMMITMENT_BYTES)
         _bytes("signature", self.signature, SIGNATURE_BYTES)
 
     def _body(self) -> bytes:
-        return self.c_public + self.s_public + self.signature
+        return self.c_public + self.s_public + self.seed_commitment + self.signature
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:
         return {
             "c_public": r.take(KEY_BYTES),
             "s_public": r.take(KEY_BYTES),
+            "seed_commitment": r.take(COMMITMENT_BYTES),
             "signature": r.take(SIGNATURE_BYTES),
         }
 
 
 @dataclass(frozen=True)
-class ShareKeysRequest(_Message):
-    """Server -> client: the signed keys of the recipient's neighbours that advertised (U1)."""
+class RevealSeedRequest(_Message):
+    """Server -> client (SecAgg+ graph only): the seed commitments of every node that
+    advertised keys (U1). The recipient reveals its contribution only after seeing this set,
+    and later accepts only the reveals of exactly this set."""
 
+    commitments: tuple[SeedCommitment, ...]
+
+    TAG: ClassVar[MessageType] = MessageType.REVEAL_SEED_REQUEST
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _entries("commitments", self.commitments, SeedCommitment, lambda e: e.node_id)
+
+    def _body(self) -> bytes:
+        return _w_entries(self.commitments)
+
+    @classmethod
+    def _read_body(cls, r: _Reader) -> dict[str, Any]:
+        return {"commitments": _r_entries(r, SeedCommitment)}
+
+
+@dataclass(frozen=True)
+class RevealSeedReply(_Message):
+    """Client -> server: the opened graph-seed contribution."""
+
+    contribution: bytes
+
+    TAG: ClassVar[MessageType] = MessageType.REVEAL_SEED_REPLY
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _bytes("contribution", self.contribution, SEED_BYTES)
+
+    def _body(self) -> bytes:
+        return self.contribution
+
+    @classmethod
+    def _read_body(cls, r: _Reader) -> dict[str, Any]:
+        return {"contribution": r.take(SEED_BYTES)}
+
+
+@dataclass(frozen=True)
+class ShareKeysRequest(_Message):
+    """Server -> client: the graph-seed reveals of all of U1 (SecAgg+ graph; empty for the
+    complete graph) and the signed keys of the recipient's neighbours in U1."""
+
+    reveals: tuple[SeedReveal, ...]
     adverts: tuple[KeyAdvert, ...]
 
     TAG: ClassVar[MessageType] = MessageType.SHARE_KEYS_REQUEST
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _entries("reveals", self.reveals, SeedReveal, lambda e: e.node_id)
         _entries("adverts", self.adverts, KeyAdvert, lambda e: e.node_id)
 
     def _body(self) -> bytes:
-        return _w_entries(self.adverts)
+        return _w_entries(self.reveals) + _w_entries(self.adverts)
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:
-        return {"adverts": _r_entries(r, KeyAdvert)}
+        return {"reveals": _r_entries(r, SeedReveal), "adverts": _r_entries(r, KeyAdvert)}
 
 
 @dataclass(frozen=True)
@@ -421,8 +542,7 @@ class MaskedInputReply(_Message):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bits not in (32, 64) or isinstance(self.bits, bool):
-            raise MalformedMessage("field bits must be 32 or 64")
+        _bits(self.bits)
         width = self.bits // 8
         if not _is_byte_buffer(self.vector) or len(self.vector) % width:
             raise MalformedMessage("field vector must be bytes of whole ring elements")
@@ -549,6 +669,8 @@ class UnmaskReply(_Message):
 Message = (
     AdvertiseKeysRequest
     | AdvertiseKeysReply
+    | RevealSeedRequest
+    | RevealSeedReply
     | ShareKeysRequest
     | ShareKeysReply
     | MaskedInputRequest
@@ -564,6 +686,8 @@ _BY_TAG: dict[int, type[_Message]] = {
     for cls in (
         AdvertiseKeysRequest,
         AdvertiseKeysReply,
+        RevealSeedRequest,
+        RevealSeedReply,
         ShareKeysRequest,
         ShareKeysReply,
         MaskedInputRequest,
@@ -579,7 +703,13 @@ _BY_TAG: dict[int, type[_Message]] = {
 def _is_byte_buffer(v: object) -> bool:
     if isinstance(v, bytes):
         return True
-    return isinstance(v, memoryview) and v.readonly and v.format == "B" and v.ndim == 1
+    return (
+        isinstance(v, memoryview)
+        and v.readonly
+        and v.format == "B"
+        and v.ndim == 1
+        and v.c_contiguous
+    )
 
 
 def _as_bytes(data: object) -> bytes:

@@ -13,6 +13,12 @@
 - Relay encryption: AES-256-GCM, random 96-bit nonce prepended, associated data binding the
   round context, sender and receiver.
 - Signatures: Ed25519 from each client's long-term identity key (the roster).
+- Graph seed (SecAgg+ only): commit-then-reveal coin flipping (Blum 1983, "Coin flipping by
+  telephone"). Every client commits to a fresh 32-byte contribution ``r_u`` with
+  ``SHA-256(label | context | u64(u) | r_u)`` inside its signed key advertisement (hiding: ``r_u``
+  is uniform; binding: collision resistance), and the seed is SHA-256 over the round context and
+  the sorted reveals of every committed node (:func:`derive_graph_seed`). See
+  threat_models/secagg.md for why this leaves the server no choice of graph.
 
 Functions here are deterministic given their inputs; randomness is always passed in.
 """
@@ -20,9 +26,11 @@ Functions here are deterministic given their inputs; randomness is always passed
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -41,6 +49,7 @@ SIGNATURE_BYTES = 64
 NONCE_BYTES = 12
 TAG_BYTES = 16
 SEED_BYTES = 32
+COMMITMENT_BYTES = 32
 
 PURPOSE_SHARE_ENCRYPTION = b"share-encryption"
 PURPOSE_PAIRWISE_MASK = b"pairwise-mask"
@@ -78,6 +87,10 @@ def round_context(
 
     Signatures, HKDF salts and AEAD associated data all include it, so a key, share or signature
     from another session, round, parameter set or participant list does not verify here.
+    ``graph_seed`` is ``b""`` (length-prefixed, so distinct from any seed) for the *parameter
+    context* that key advertisements sign before the seed exists, and for every use in a
+    complete-graph round (no seed); a SecAgg+ round derives pairwise keys, AEAD data and
+    consistency signatures from the context with the derived seed.
     """
     h = hashlib.sha256()
     h.update(PROTOCOL_LABEL + b"/context")
@@ -123,11 +136,14 @@ def pair_key(
     return derive_pair_key(agree(private, peer_public), context=context, purpose=purpose, a=a, b=b)
 
 
-def _mask_keystream(seed: bytes) -> CipherContext:
-    """The PRG behind every mask: AES-256-CTR under ``seed``, counter block 0 (a checked seed)."""
+def _mask_keystream(seed: bytes, offset_blocks: int = 0) -> CipherContext:
+    """The PRG behind every mask: AES-256-CTR under ``seed`` (a checked seed), positioned at
+    16-byte block ``offset_blocks`` of the keystream. OpenSSL's CTR mode increments the whole
+    128-bit counter block big-endian, so starting the counter at ``offset_blocks`` yields exactly
+    the bytes from ``16 * offset_blocks`` on of the stream that starts at counter block 0."""
     if len(seed) != SEED_BYTES:
         raise ConfigError(f"mask seed must be {SEED_BYTES} bytes. Found {len(seed)} bytes.")
-    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return Cipher(algorithms.AES(seed), modes.CTR(offset_blocks.to_bytes(16, "big"))).encryptor()
 
 
 def expand_mask(seed: bytes, length: int, bits: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -157,10 +173,25 @@ def expand_mask(seed: bytes, length: int, bits: int, out: np.ndarray | None = No
     return out
 
 
-MASK_BLOCK_BYTES = 1 << 19  # 512 KiB: a keystream block and a block of the total stay in L2
+MASK_BLOCK_BYTES = 1 << 18  # 256 KiB: a keystream block and a block of the total stay in L2
+_MIN_BYTES_PER_WORKER = 4 * MASK_BLOCK_BYTES  # below this, a thread costs more than it saves
 
 
-def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int) -> np.ndarray:
+def mask_workers() -> int:
+    """Threads :func:`apply_masks` uses by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_masks(
+    total: np.ndarray,
+    masks: Sequence[tuple[bytes, int]],
+    bits: int,
+    *,
+    workers: int | None = None,
+) -> np.ndarray:
     """``total += sum(sign * expand_mask(seed))`` in Z_{2^bits}, in place, for ``(seed, sign)``
     pairs with sign +1 or -1; returns ``total``.
 
@@ -170,6 +201,12 @@ def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int
     block of keystream is added while it is still in cache instead of being written to a full
     d-length scratch vector and read back (numpy and cryptography have no fused "add keystream"
     call). With hundreds of masks of 10^6 elements this roughly halves the memory traffic.
+
+    ``workers`` threads (default :func:`mask_workers`, fewer for short vectors) each stream every
+    mask over their own contiguous, block-aligned slice of ``total``, with the mask's encryptor
+    started at that slice's counter block. ``cryptography`` releases the GIL inside
+    ``update_into`` and numpy inside the block additions, so the slices run on separate cores
+    (measured in ``benchmarks/secagg.py``: unmasking vs the machine's AES floor).
     """
     dtype = ring_dtype(bits)
     if total.dtype != dtype or total.ndim != 1 or not total.flags.c_contiguous:
@@ -177,21 +214,51 @@ def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int
             f"mask total must be a contiguous 1-D {np.dtype(dtype).name} array. "
             f"Found {total.dtype} {total.shape}."
         )
-    ops = []
+    checked: list[tuple[bytes, int]] = []
     for seed, sign in masks:
-        encryptor = _mask_keystream(seed)
+        _mask_keystream(seed)  # checks the seed once, before any thread starts
         if sign not in (1, -1):
             raise ConfigError(f"mask sign must be +1 or -1. Found {sign!r}.")
-        ops.append((encryptor, np.add if sign == 1 else np.subtract))
-    if not ops:
+        checked.append((seed, sign))
+    if workers is None:
+        workers = mask_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"apply_masks workers must be an int >= 1. Found {workers!r}.")
+    if not checked or total.size == 0:
         return total
     item = total.itemsize
-    block = max(1, MASK_BLOCK_BYTES // item)
-    scratch = np.empty(block, dtype=dtype)
+    block = MASK_BLOCK_BYTES // item  # elements; a multiple of the 16-byte AES block
+    blocks = -(-total.size // block)
+    workers = max(1, min(workers, total.nbytes // _MIN_BYTES_PER_WORKER, blocks))
+    # contiguous block-aligned slices, as equal as whole blocks allow
+    cuts = [block * (blocks * w // workers) for w in range(workers)] + [total.size]
+    slices = [(cuts[w], min(cuts[w + 1], total.size)) for w in range(workers)]
+    if workers == 1:
+        _stream_masks(total, checked, 0, total.size, block)
+        return total
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-mask") as pool:
+        futures = [pool.submit(_stream_masks, total, checked, lo, hi, block) for lo, hi in slices]
+        for f in futures:
+            f.result()  # re-raises a worker's exception here
+    return total
+
+
+def _stream_masks(
+    total: np.ndarray, masks: Sequence[tuple[bytes, int]], lo: int, hi: int, block: int
+) -> None:
+    """``total[lo:hi] += sum(sign * keystream[lo:hi])``, one cache block at a time."""
+    item = total.itemsize
+    if (lo * item) % 16:
+        raise ConfigError(f"mask slice must start on a 16-byte boundary. Found element {lo}.")
+    ops = [
+        (_mask_keystream(seed, lo * item // 16), np.add if sign == 1 else np.subtract)
+        for seed, sign in masks
+    ]
+    scratch = np.empty(block, dtype=total.dtype)
     sview = scratch.data.cast("B")
     zview = memoryview(_ZERO_CHUNK)  # slicing a memoryview copies nothing
-    for start in range(0, total.size, block):
-        m = min(block, total.size - start)
+    for start in range(lo, hi, block):
+        m = min(block, hi - start)
         nbytes = m * item
         zeros, dst = zview[:nbytes], sview[:nbytes]
         part, keys = total[start : start + m], scratch[:m]
@@ -200,7 +267,6 @@ def apply_masks(total: np.ndarray, masks: Sequence[tuple[bytes, int]], bits: int
             if sys.byteorder == "big":  # pragma: no cover - keystream words are little-endian
                 keys.byteswap(inplace=True)
             op(part, keys, out=part)
-    return total
 
 
 def keystream_uniform(key: bytes, count: int) -> np.ndarray:
@@ -229,9 +295,60 @@ def share_associated_data(context: bytes, sender: int, receiver: int) -> bytes:
     return PROTOCOL_LABEL + b"/share|" + context + u64(sender) + u64(receiver)
 
 
-def advertise_payload(context: bytes, node_id: int, c_public: bytes, s_public: bytes) -> bytes:
-    """Bytes a client signs when it advertises its two public keys."""
-    return PROTOCOL_LABEL + b"/advertise|" + context + u64(node_id) + c_public + s_public
+def advertise_payload(
+    context: bytes, node_id: int, c_public: bytes, s_public: bytes, seed_commitment: bytes
+) -> bytes:
+    """Bytes a client signs when it advertises its two public keys and its seed commitment
+    (``context`` = the parameter context, before any graph seed exists)."""
+    return (
+        PROTOCOL_LABEL
+        + b"/advertise|"
+        + context
+        + u64(node_id)
+        + c_public
+        + s_public
+        + seed_commitment
+    )
+
+
+def seed_commitment(context: bytes, node_id: int, contribution: bytes) -> bytes:
+    """Hash commitment to a graph-seed contribution: ``SHA-256(label | context | u64(node) |
+    r)``. Hiding because ``r`` is 32 uniform bytes, binding by collision resistance; node id and
+    context stop a commitment being replayed for another node, round or parameter set."""
+    if len(contribution) != SEED_BYTES:
+        raise ConfigError(
+            f"seed contribution must be {SEED_BYTES} bytes. Found {len(contribution)} bytes."
+        )
+    return hashlib.sha256(
+        PROTOCOL_LABEL + b"/seed-commit|" + context + u64(node_id) + contribution
+    ).digest()
+
+
+def commitment_digest(context: bytes, commitments: Sequence[tuple[int, bytes]]) -> bytes:
+    """SHA-256 over the committed set U1: ``u64(count)`` then ``u64(id) | commitment`` in
+    increasing id order (ids must be strictly increasing). A client keeps this digest after it
+    reveals, and accepts only reveals that open exactly this set."""
+    h = hashlib.sha256(PROTOCOL_LABEL + b"/commitments|" + context + u64(len(commitments)))
+    prev = -1
+    for node, commitment in commitments:
+        if node <= prev or len(commitment) != COMMITMENT_BYTES:
+            raise ConfigError("commitments must be strictly increasing ids with 32-byte values.")
+        prev = node
+        h.update(u64(node) + commitment)
+    return h.digest()
+
+
+def derive_graph_seed(context: bytes, reveals: Sequence[tuple[int, bytes]]) -> bytes:
+    """The SecAgg+ graph seed: SHA-256 over ``context`` (the parameter context) and the reveals
+    of every node of U1, ``u64(count)`` then ``u64(id) | r`` in increasing id order."""
+    h = hashlib.sha256(PROTOCOL_LABEL + b"/graph-seed|" + context + u64(len(reveals)))
+    prev = -1
+    for node, contribution in reveals:
+        if node <= prev or len(contribution) != SEED_BYTES:
+            raise ConfigError("reveals must be strictly increasing ids with 32-byte values.")
+        prev = node
+        h.update(u64(node) + contribution)
+    return h.digest()
 
 
 def consistency_payload(context: bytes, survivors: Sequence[int]) -> bytes:

@@ -7,20 +7,36 @@ masked-input senders) and nothing else about them (see threat_models/secagg.md).
     while out:
         replies = transport(out)            # {node_id: reply bytes}; missing = dropped
         for node, data in replies.items():
-            server.receive(node, data)      # never raises on bad client bytes
+            server.receive(node, data)      # never raises on client bytes
         out = server.advance()              # next requests; ProtocolAbort if too few survive
     result = server.result                  # AggregationResult
 
-A reply that fails a check is rejected (``server.rejected[node] = reason``) and the node is
-treated as dropped from that phase on; honest clients are never blamed for it.
+One exchange per phase: advertise keys, reveal seed (SecAgg+ graph only), share keys, masked
+input, consistency check, unmask — five exchanges with the complete graph, six with SecAgg+.
+
+State changes only when a reply is accepted in full (check, then commit, as
+``dp_accounting``'s ``supports()``/``compose()``): :meth:`SecAggServer.receive` runs every check
+of the phase first, and only a reply that passes all of them is recorded (and, in the
+masked-input phase, added to the running sum). The first accepted reply of a node in a phase is
+final; any later message from it in that phase (an identical duplicate from a retrying
+transport, a stale reply of an earlier phase or round, garbage) is refused and changes nothing
+but ``server.rejected[node]`` (the reason). A node whose reply was never accepted when the phase
+closes is a dropout. So the sum is exactly that of the accepted masked inputs, or the round
+aborts with :class:`~securefvpa.errors.ProtocolAbort` — never a wrong sum
+(``tests/secagg/test_delivery.py``).
+
+The SecAgg+ graph seed is not the server's: it is derived from the clients' committed and then
+revealed contributions (:mod:`securefvpa.secagg.client`), and the server only learns it, like
+everyone else, once every node of U1 has revealed.
 """
 
 from __future__ import annotations
 
-import os
+import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,7 +44,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securefvpa.errors import ConfigError, ProtocolAbort
 from securefvpa.secagg import shamir
 from securefvpa.secagg.client import load_roster
-from securefvpa.secagg.graph import neighbour_graph, threshold_for
+from securefvpa.secagg.graph import (
+    MIN_PARTICIPANTS,
+    effective_degree,
+    neighbour_graph,
+    threshold_for,
+)
 from securefvpa.secagg.messages import (
     MAX_NODES,
     MAX_VECTOR_LENGTH,
@@ -41,7 +62,11 @@ from securefvpa.secagg.messages import (
     MaskedInputReply,
     MaskedInputRequest,
     NodeSignature,
+    RevealSeedReply,
+    RevealSeedRequest,
     SealedShare,
+    SeedCommitment,
+    SeedReveal,
     ShareKeysReply,
     ShareKeysRequest,
     UnmaskReply,
@@ -50,24 +75,26 @@ from securefvpa.secagg.messages import (
 )
 from securefvpa.secagg.primitives import (
     PURPOSE_PAIRWISE_MASK,
-    SEED_BYTES,
     advertise_payload,
     apply_masks,
     consistency_payload,
+    derive_graph_seed,
     pair_key,
     public_bytes,
     ring_dtype,
     round_context,
+    seed_commitment,
     verify,
     x25519_from_seed,
 )
 
 
 class ServerPhase(Enum):
-    """Which replies the server is collecting."""
+    """Which replies the server is collecting (REVEAL_SEED only with a SecAgg+ graph)."""
 
     NOT_STARTED = "not-started"
     ADVERTISE_KEYS = "advertise-keys"
+    REVEAL_SEED = "reveal-seed"
     SHARE_KEYS = "share-keys"
     MASKED_INPUT = "masked-input"
     CONSISTENCY_CHECK = "consistency-check"
@@ -89,8 +116,9 @@ class AggregationResult:
     survivors_by_phase: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-_REPLY = {
+_REPLY: dict[ServerPhase, type] = {
     ServerPhase.ADVERTISE_KEYS: AdvertiseKeysReply,
+    ServerPhase.REVEAL_SEED: RevealSeedReply,
     ServerPhase.SHARE_KEYS: ShareKeysReply,
     ServerPhase.MASKED_INPUT: MaskedInputReply,
     ServerPhase.CONSISTENCY_CHECK: ConsistencyReply,
@@ -98,8 +126,12 @@ _REPLY = {
 }
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class SecAggServer:
-    """Server side of one round.
+    """Server side of one protocol instance.
 
     Args:
         session_id: 32-byte session id (same as the clients').
@@ -112,8 +144,15 @@ class SecAggServer:
         roster: optional ``{node_id: Ed25519 public key}``; when given, the server verifies
             signatures itself and drops a forging client early, instead of letting its
             neighbours abort.
-        graph_seed: public 32-byte seed of the graph; drawn from ``random_bytes`` if None.
-        random_bytes: CSPRNG (``os.urandom``); injectable for tests.
+
+    Attributes:
+        graph_seed: the SecAgg+ graph seed once every node of U1 has revealed (``b""`` before
+            that, and always for the complete graph, which has no seed).
+        neighbours, holders: the graph (``{}`` until the seed is known).
+        rejected: ``{node_id: "phase: reason"}`` of the last refused message of each node.
+
+    Raises:
+        ConfigError: a bad argument.
     """
 
     def __init__(
@@ -127,46 +166,48 @@ class SecAggServer:
         degree: int = 0,
         threshold_fraction: float = 0.6,
         roster: Mapping[int, Ed25519PublicKey | bytes] | None = None,
-        graph_seed: bytes | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_BYTES:
             raise ConfigError(f"session_id must be {SESSION_ID_BYTES} bytes. Found {session_id!r}.")
-        if not 0 <= round_id < 1 << 64:
-            raise ConfigError(f"round_id must be in [0, 2**64). Found {round_id}.")
-        nodes = tuple(sorted(set(participants)))
-        if len(nodes) > MAX_NODES or any(not 0 <= v < 1 << 64 for v in nodes):
-            raise ConfigError(f"participants must be <= {MAX_NODES} ids in [0, 2**64).")
-        if not 1 <= vector_length <= MAX_VECTOR_LENGTH:
+        if not _is_int(round_id) or not 0 <= round_id < 1 << 64:
+            raise ConfigError(f"round_id must be an int in [0, 2**64). Found {round_id!r}.")
+        ids = list(participants)
+        if any(not _is_int(v) or not 0 <= v < 1 << 64 for v in ids):
+            raise ConfigError(f"participants must be int node ids in [0, 2**64). Found {ids[:5]}.")
+        nodes = tuple(sorted(set(ids)))
+        if not MIN_PARTICIPANTS <= len(nodes) <= MAX_NODES:
             raise ConfigError(
-                f"vector_length must be in [1, {MAX_VECTOR_LENGTH}]. Found {vector_length}."
+                f"secure aggregation needs {MIN_PARTICIPANTS}..{MAX_NODES} distinct participants. "
+                f"Found {len(nodes)}."
             )
+        if not _is_int(vector_length) or not 1 <= vector_length <= MAX_VECTOR_LENGTH:
+            raise ConfigError(
+                f"vector_length must be an int in [1, {MAX_VECTOR_LENGTH}]. Found {vector_length!r}."
+            )
+        if not _is_int(degree):
+            raise ConfigError(f"secagg.degree must be an int. Found {degree!r}.")
         self.dtype = ring_dtype(bits)
-        seed = random_bytes(SEED_BYTES) if graph_seed is None else graph_seed
-        self.neighbours = neighbour_graph(nodes, degree, seed)  # validates n, degree, seed
+        self.sparse = effective_degree(len(nodes), degree) < len(nodes) - 1
         self.threshold = threshold_for(len(nodes), degree, threshold_fraction)
-        self.holders = {u: nb | {u} for u, nb in self.neighbours.items()}
         self.session_id, self.round_id = session_id, round_id
         self.participants, self.vector_length, self.bits = nodes, vector_length, bits
-        self.degree, self.graph_seed = degree, seed
+        self.degree = degree
         self.roster = load_roster(roster) if roster is not None else None
-        self.context = round_context(
-            session_id=session_id,
-            round_id=round_id,
-            threshold=self.threshold,
-            degree=degree,
-            bits=bits,
-            vector_length=vector_length,
-            graph_seed=seed,
-            participants=nodes,
-        )
+        # what key advertisements sign (no seed exists yet); see primitives.round_context
+        self.parameter_context = self._round_context(b"")
+        self.graph_seed = b""
+        self.context = self.parameter_context
+        self.neighbours: dict[int, frozenset[int]] = {}
+        self.holders: dict[int, frozenset[int]] = {}
+        if not self.sparse:
+            self._set_graph(b"")
         self.phase = ServerPhase.NOT_STARTED
         self.rejected: dict[int, str] = {}
         self.result: AggregationResult | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
-        self._expected: set[int] = set()
-        self._replies: dict[int, object] = {}
+        self._expected: frozenset[int] = frozenset()
+        self._replies: dict[int, Any] = {}  # accepted replies of the current phase
         self._survivors: dict[str, tuple[int, ...]] = {}
         self._adverts: dict[int, KeyAdvert] = {}
         self._sealed: dict[int, dict[int, bytes]] = {}  # receiver -> {sender: ciphertext}
@@ -190,7 +231,6 @@ class SecAggServer:
                 degree=self.degree,
                 bits=self.bits,
                 vector_length=self.vector_length,
-                graph_seed=self.graph_seed,
                 participants=self.participants,
             ).to_bytes()
             for u in self.participants
@@ -198,61 +238,101 @@ class SecAggServer:
         return self._send(ServerPhase.ADVERTISE_KEYS, out)
 
     def receive(self, node_id: int, data: bytes) -> bool:
-        """Record one client reply for the current phase; False (and ``rejected``) if refused."""
+        """Offer one client reply for the current phase; True iff it was accepted.
+
+        Every check of the phase runs before anything is recorded. A refused message (bad
+        bytes, a failed check, a second message from a node whose reply was already accepted,
+        a reply to no request, anything after the round ended) changes nothing but
+        ``rejected[node_id]``; it never raises on client bytes.
+
+        Raises:
+            ConfigError: ``node_id`` is not an int (a transport bug, not client input).
+        """
+        if not _is_int(node_id):
+            raise ConfigError(f"node_id must be an int. Found {node_id!r}.")
         if isinstance(data, bytes | bytearray | memoryview):
-            self.bytes_received += len(data)
-        if node_id not in self._expected:
-            self.rejected[node_id] = f"unexpected reply in phase {self.phase.value}"
-            return False
-        if node_id in self._replies:
-            self._reject(node_id, "duplicate reply")
-            return False
+            self.bytes_received += memoryview(data).nbytes
+        phase = self.phase
         try:
-            msg = parse(data, expected=_REPLY[self.phase])
-            if (msg.session_id, msg.round_id, msg.node_id) != (
-                self.session_id,
-                self.round_id,
-                node_id,
-            ):
-                raise ProtocolAbort("reply header names another session, round or node")
-            getattr(self, f"_check_{self.phase.name.lower()}")(node_id, msg)
+            msg = self._validate(node_id, data)
         except ProtocolAbort as exc:
-            self._reject(node_id, str(exc))
+            self.rejected[node_id] = f"{phase.value}: {exc}"
             return False
-        self._replies[node_id] = msg
+        except Exception as exc:  # fail closed: refuse, record; the tests assert unreachable
+            self.rejected[node_id] = f"{phase.value}: internal error ({type(exc).__name__})"
+            return False
+        self._accept(node_id, msg)
         return True
 
     def advance(self) -> dict[int, bytes]:
         """Close the current phase and return the next requests ({} once the result is ready).
 
         Raises:
-            ProtocolAbort: too few survivors to continue; the round is over with no output.
+            ProtocolAbort: too few survivors to continue (or a missing seed reveal); the round
+                is over with no output and every later :meth:`receive` is refused.
         """
         closers = {
             ServerPhase.ADVERTISE_KEYS: self._close_advertise_keys,
+            ServerPhase.REVEAL_SEED: self._close_reveal_seed,
             ServerPhase.SHARE_KEYS: self._close_share_keys,
             ServerPhase.MASKED_INPUT: self._close_masked_input,
             ServerPhase.CONSISTENCY_CHECK: self._close_consistency_check,
             ServerPhase.UNMASK: self._close_unmask,
         }
-        if self.phase not in closers:
-            raise ProtocolAbort(f"nothing to advance in phase {self.phase.value}")
+        phase = self.phase
+        if phase not in closers:
+            raise ProtocolAbort(f"nothing to advance in phase {phase.value}")
         responders = frozenset(self._replies)
-        self._survivors[self.phase.value] = tuple(sorted(responders))
+        self._survivors[phase.value] = tuple(sorted(responders))
         try:
-            return closers[self.phase](responders)
+            return closers[phase](responders)
         except ProtocolAbort:
-            self.phase = ServerPhase.ABORTED
-            self._sum = np.zeros(0, dtype=self.dtype)
+            self._abort()
             raise
+        except Exception as exc:  # fail closed: no partial result, no half-open phase
+            self._abort()
+            raise ProtocolAbort(
+                f"internal error while closing the {phase.value} phase ({type(exc).__name__}); "
+                "round aborted"
+            ) from exc
 
-    # -- per-phase reply checks ---------------------------------------------------------------
+    # -- receiving: check everything, then commit ---------------------------------------------
+
+    def _validate(self, u: int, data: object) -> Any:
+        """Every check of the current phase on one reply; raises ProtocolAbort, mutates nothing."""
+        expected = _REPLY.get(self.phase)
+        if expected is None:
+            raise ProtocolAbort(f"no phase is collecting replies (round is {self.phase.value})")
+        if u in self._replies:
+            raise ProtocolAbort("a reply of this node was already accepted in this phase")
+        if u not in self._expected:
+            raise ProtocolAbort("unexpected reply: this node was sent no request in this phase")
+        msg = parse(data, expected=expected)
+        if (msg.session_id, msg.round_id, msg.node_id) != (self.session_id, self.round_id, u):
+            raise ProtocolAbort("reply header names another session, round or node")
+        self._CHECKS[self.phase](self, u, msg)
+        return msg
+
+    def _accept(self, u: int, msg: Any) -> None:
+        """Record a reply that passed every check (cannot fail)."""
+        if self.phase is ServerPhase.MASKED_INPUT:
+            np.add(self._sum, msg.as_array(), out=self._sum)
+            self._replies[u] = None  # the vector lives on only in the sum
+        else:
+            self._replies[u] = msg
 
     def _check_advertise_keys(self, u: int, msg: AdvertiseKeysReply) -> None:
         if self.roster is not None:
-            payload = advertise_payload(self.context, u, msg.c_public, msg.s_public)
+            payload = advertise_payload(
+                self.parameter_context, u, msg.c_public, msg.s_public, msg.seed_commitment
+            )
             if u not in self.roster or not verify(self.roster[u], msg.signature, payload):
                 raise ProtocolAbort("bad key-advertisement signature")
+
+    def _check_reveal_seed(self, u: int, msg: RevealSeedReply) -> None:
+        opened = seed_commitment(self.parameter_context, u, msg.contribution)
+        if not hmac.compare_digest(opened, self._adverts[u].seed_commitment):
+            raise ProtocolAbort("graph-seed reveal does not open this node's commitment")
 
     def _check_share_keys(self, u: int, msg: ShareKeysReply) -> None:
         want = sorted((self.holders[u] & set(self._adverts)) - {u})
@@ -265,7 +345,6 @@ class SecAggServer:
                 f"masked vector has bits={msg.bits}, length={msg.length}; "
                 f"expected {self.bits}, {self.vector_length}"
             )
-        np.add(self._sum, msg.as_array(), out=self._sum)
 
     def _check_consistency_check(self, u: int, msg: ConsistencyReply) -> None:
         if self.roster is not None:
@@ -282,20 +361,70 @@ class SecAggServer:
         for s in msg.self_mask_shares + msg.key_shares:
             shamir.decode_share(s.share)
 
+    _CHECKS: dict[ServerPhase, Callable[[SecAggServer, int, Any], None]] = {
+        ServerPhase.ADVERTISE_KEYS: _check_advertise_keys,
+        ServerPhase.REVEAL_SEED: _check_reveal_seed,
+        ServerPhase.SHARE_KEYS: _check_share_keys,
+        ServerPhase.MASKED_INPUT: _check_masked_input,
+        ServerPhase.CONSISTENCY_CHECK: _check_consistency_check,
+        ServerPhase.UNMASK: _check_unmask,
+    }
+
     # -- phase transitions --------------------------------------------------------------------
 
     def _close_advertise_keys(self, responders: frozenset[int]) -> dict[int, bytes]:
-        replies: dict[int, AdvertiseKeysReply] = self._replies  # type: ignore[assignment]
+        replies: dict[int, AdvertiseKeysReply] = self._replies
         self._adverts = {
-            u: KeyAdvert(u, r.c_public, r.s_public, r.signature) for u, r in replies.items()
+            u: KeyAdvert(u, r.c_public, r.s_public, r.seed_commitment, r.signature)
+            for u, r in sorted(replies.items())
         }
-        u1 = self._prune(responders, "advertise keys")
+        if not self.sparse:
+            return self._send_share_keys(self._prune(responders, "advertise keys"), ())
+        # SecAgg+: every responder is in U1 and must reveal; the graph is unknown until then
+        if len(responders) < self.threshold:
+            raise ProtocolAbort(
+                f"too few survivors after advertise keys: {len(responders)} < threshold "
+                f"{self.threshold}"
+            )
+        commitments = tuple(SeedCommitment(u, a.seed_commitment) for u, a in self._adverts.items())
+        out = {
+            u: RevealSeedRequest(
+                session_id=self.session_id,
+                round_id=self.round_id,
+                node_id=u,
+                commitments=commitments,
+            ).to_bytes()
+            for u in self._adverts
+        }
+        return self._send(ServerPhase.REVEAL_SEED, out)
+
+    def _close_reveal_seed(self, responders: frozenset[int]) -> dict[int, bytes]:
+        missing = sorted(set(self._adverts) - responders)
+        if missing:
+            raise ProtocolAbort(
+                f"graph-seed reveals missing from {len(missing)} committed node(s) "
+                f"{missing[:5]}: the seed needs every reveal of U1 (a seed from a subset "
+                "would let the server choose the graph); start a new instance"
+            )
+        replies: dict[int, RevealSeedReply] = self._replies
+        reveals = tuple(SeedReveal(u, replies[u].contribution) for u in sorted(self._adverts))
+        self._set_graph(
+            derive_graph_seed(
+                self.parameter_context, [(r.node_id, r.contribution) for r in reveals]
+            )
+        )
+        return self._send_share_keys(self._prune(responders, "reveal seed"), reveals)
+
+    def _send_share_keys(
+        self, u1: frozenset[int], reveals: tuple[SeedReveal, ...]
+    ) -> dict[int, bytes]:
         self._adverts = {u: a for u, a in self._adverts.items() if u in u1}
         out = {
             u: ShareKeysRequest(
                 session_id=self.session_id,
                 round_id=self.round_id,
                 node_id=u,
+                reveals=reveals,
                 adverts=tuple(self._adverts[v] for v in sorted(self.holders[u] & u1)),
             ).to_bytes()
             for u in sorted(u1)
@@ -307,7 +436,7 @@ class SecAggServer:
         self._u2 = u2
         self._sealed = {u: {} for u in u2}
         for sender in u2:
-            reply: ShareKeysReply = self._replies[sender]  # type: ignore[assignment]
+            reply: ShareKeysReply = self._replies[sender]
             for item in reply.shares:
                 if item.peer_id in u2:
                     self._sealed[item.peer_id][sender] = item.ciphertext
@@ -338,7 +467,7 @@ class SecAggServer:
     def _close_consistency_check(self, responders: frozenset[int]) -> dict[int, bytes]:
         self._require_unmaskable(responders, "consistency check")
         u3 = frozenset(self._u3)
-        replies: dict[int, ConsistencyReply] = self._replies  # type: ignore[assignment]
+        replies: dict[int, ConsistencyReply] = self._replies
         out = {}
         for u in sorted(responders):
             alive = tuple(sorted(self.holders[u] & u3))
@@ -359,7 +488,7 @@ class SecAggServer:
 
     def _close_unmask(self, responders: frozenset[int]) -> dict[int, bytes]:
         self._require_unmaskable(responders, "unmask")
-        replies: dict[int, UnmaskReply] = self._replies  # type: ignore[assignment]
+        replies: dict[int, UnmaskReply] = self._replies
         b_shares: dict[int, dict[int, int]] = {}
         sk_shares: dict[int, dict[int, int]] = {}
         for holder, reply in replies.items():
@@ -395,22 +524,49 @@ class SecAggServer:
         )
         self._sum = np.zeros(0, dtype=self.dtype)
         self.phase = ServerPhase.DONE
-        self._expected = set()
+        self._expected = frozenset()
+        self._replies = {}
         return {}
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _round_context(self, graph_seed: bytes) -> bytes:
+        return round_context(
+            session_id=self.session_id,
+            round_id=self.round_id,
+            threshold=self.threshold,
+            degree=self.degree,
+            bits=self.bits,
+            vector_length=self.vector_length,
+            graph_seed=graph_seed,
+            participants=self.participants,
+        )
+
+    def _set_graph(self, graph_seed: bytes) -> None:
+        """The graph and the round context from the seed (``b""``: the complete graph)."""
+        if graph_seed:
+            self.neighbours = neighbour_graph(self.participants, self.degree, graph_seed)
+        else:
+            everyone = frozenset(self.participants)
+            self.neighbours = {u: everyone - {u} for u in self.participants}
+        self.holders = {u: nb | {u} for u, nb in self.neighbours.items()}
+        self.graph_seed = graph_seed
+        self.context = self._round_context(graph_seed)
+
     def _send(self, phase: ServerPhase, out: dict[int, bytes]) -> dict[int, bytes]:
         self.phase = phase
-        self._expected = set(out)
+        self._expected = frozenset(out)
         self._replies = {}
         self.bytes_sent += sum(len(b) for b in out.values())
         return out
 
-    def _reject(self, node_id: int, reason: str) -> None:
-        self.rejected[node_id] = f"{self.phase.value}: {reason}"
-        self._replies.pop(node_id, None)
-        self._expected.discard(node_id)
+    def _abort(self) -> None:
+        """End the round with no output; every later reply is refused."""
+        self.phase = ServerPhase.ABORTED
+        self._expected = frozenset()
+        self._replies = {}
+        self._sealed = {}
+        self._sum = np.zeros(0, dtype=self.dtype)
 
     def _prune(self, alive: frozenset[int], phase: str) -> frozenset[int]:
         """Drop nodes with fewer than t live share holders (they would abort) until stable."""

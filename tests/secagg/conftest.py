@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securefvpa.secagg import ClientPolicy, SecAggClient, SecAggServer, ServerPhase
+from securefvpa.errors import ProtocolAbort
+from securefvpa.secagg import ClientPhase, ClientPolicy, SecAggClient, SecAggServer, ServerPhase
 from securefvpa.secagg.primitives import ring_dtype
 
 
@@ -29,13 +30,14 @@ class DeterministicBytes:
         return out[:n]
 
 
-PHASES = [
+PHASES = [  # the five exchanges of a complete-graph round
     ServerPhase.ADVERTISE_KEYS,
     ServerPhase.SHARE_KEYS,
     ServerPhase.MASKED_INPUT,
     ServerPhase.CONSISTENCY_CHECK,
     ServerPhase.UNMASK,
 ]
+SPARSE_PHASES = [PHASES[0], ServerPhase.REVEAL_SEED, *PHASES[1:]]  # SecAgg+: six exchanges
 
 
 @dataclass
@@ -82,8 +84,6 @@ class Harness:
             degree=self.degree,
             threshold_fraction=self.fraction,
             roster=self.roster if roster else None,
-            graph_seed=DeterministicBytes(self.seed + "/graph")(32),
-            random_bytes=DeterministicBytes(self.seed + "/server"),
         )
         kw.update(over)
         return SecAggServer(**kw)  # type: ignore[arg-type]
@@ -144,6 +144,40 @@ def drive(
         out = server.advance()
     assert server.result is not None
     return server.result.vector
+
+
+def run_until(
+    h: Harness,
+    phase: ServerPhase,
+    *,
+    roster: bool = False,
+    drop: dict[ServerPhase, set[int]] | None = None,
+    **server_kw: object,
+) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, np.ndarray], dict[int, bytes]]:
+    """Honest run up to (not into) ``phase``; returns server, clients, inputs, pending requests."""
+    drop = drop or {}
+    server, clients, inputs = h.server(roster=roster, **server_kw), h.clients(), h.inputs()
+    gone: set[int] = set()
+    out = server.start()
+    while server.phase is not phase:
+        gone |= drop.get(server.phase, set())
+        for node, req in out.items():
+            if node in gone:
+                continue
+            c = clients[node]
+            server.receive(
+                node, c.handle(req, input_vector=inputs[node] if c.needs_input else None)
+            )
+        out = server.advance()
+    return server, clients, inputs, out
+
+
+def assert_aborts(client, request: bytes, match: str, **kw) -> None:
+    with pytest.raises(ProtocolAbort, match=match):
+        client.handle(request, **kw)
+    assert client.phase is ClientPhase.ABORTED
+    with pytest.raises(ProtocolAbort):  # and stays aborted
+        client.handle(request, **kw)
 
 
 def ring_sum(inputs: dict[int, np.ndarray], members: tuple[int, ...] | list[int]) -> np.ndarray:

@@ -21,6 +21,8 @@ from securefvpa.secagg.messages import (
     MaskedInputReply,
     MessageType,
     SealedShare,
+    SeedCommitment,
+    SeedReveal,
     ShareKeysRequest,
     UnmaskRequest,
     parse,
@@ -31,8 +33,8 @@ from .conftest import Harness
 
 
 def _transcript() -> list[bytes]:
-    """Every request and reply of one honest round (n = 4, d = 5), in order."""
-    h = Harness(n=4, d=5, seed="wire")
+    """Every request and reply of one honest SecAgg+ round (n = 6, k = 2, d = 5), in order."""
+    h = Harness(n=6, d=5, degree=2, seed="wire")
     server, clients, inputs = h.server(), h.clients(), h.inputs()
     seen: list[bytes] = []
     out = server.start()
@@ -90,7 +92,7 @@ def test_fuzzed_messages_never_crash(data):
     _only_protocol_abort(bytes(raw))
 
 
-@pytest.mark.parametrize("tag", [0, 11, 200])
+@pytest.mark.parametrize("tag", [0, 13, 200])
 def test_unknown_type_tags_refused(tag):
     raw = bytearray(TRANSCRIPT[0])
     raw[5] = tag
@@ -102,8 +104,9 @@ def test_wrong_magic_version_and_type_refused():
     raw = TRANSCRIPT[0]
     with pytest.raises(MalformedMessage, match="magic"):
         parse(b"XXXX" + raw[4:])
-    with pytest.raises(MalformedMessage, match="version"):
-        parse(raw[:4] + b"\x02" + raw[5:])
+    for version in (b"\x01", b"\x03"):  # version 1 had a server-chosen graph seed
+        with pytest.raises(MalformedMessage, match="version"):
+            parse(raw[:4] + version + raw[5:])
     with pytest.raises(MalformedMessage, match="expected"):
         parse(raw, expected=ShareKeysRequest)
     for bad in (None, "text", 12, [1, 2]):
@@ -145,13 +148,30 @@ def test_unsorted_or_duplicate_ids_refused():
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: KeyAdvert(1, b"\x00" * 31, b"\x00" * 32, b"\x00" * 64),
-        lambda: KeyAdvert(-1, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
-        lambda: KeyAdvert(True, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
+        lambda: KeyAdvert(1, b"\x00" * 31, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
+        lambda: KeyAdvert(-1, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
+        lambda: KeyAdvert(True, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
+        lambda: KeyAdvert(1, b"\x00" * 32, b"\x00" * 32, "00" * 32, b"\x00" * 64),
+        lambda: SeedCommitment(1, b"\x00" * 33),
+        lambda: SeedReveal(1.0, b"\x00" * 32),
         lambda: SealedShare(1, b"\x00" * (CIPHERTEXT_BYTES + 1)),
         lambda: SealedShare(2**64, b"\x00" * CIPHERTEXT_BYTES),
         lambda: MaskedInputReply(
             session_id=b"\x00" * 32, round_id=0, node_id=1, bits=16, vector=b"\x00" * 4
+        ),
+        # F3: 32.0 == 32, so a plain membership test let it through to struct.pack in to_bytes
+        lambda: MaskedInputReply(
+            session_id=b"\x00" * 32, round_id=0, node_id=1, bits=32.0, vector=b"\x00" * 4
+        ),
+        lambda: MaskedInputReply(
+            session_id=b"\x00" * 32,
+            round_id=0,
+            node_id=1,
+            bits=32,
+            vector=memoryview(b"\x00" * 8)[::2],
+        ),
+        lambda: MaskedInputReply(
+            session_id=b"\x00" * 32, round_id=0, node_id=1, bits=32, vector=bytearray(4)
         ),
         lambda: MaskedInputReply(
             session_id=b"\x00" * 32, round_id=0, node_id=1, bits=32, vector=b"\x00" * 5
@@ -182,11 +202,34 @@ def test_unsorted_or_duplicate_ids_refused():
             degree=0,
             bits=32,
             vector_length=1,
-            graph_seed=b"\x00" * 32,
             participants=(1, 2, 3),
+        ),
+        lambda: AdvertiseKeysRequest(
+            session_id=b"\x00" * 32,
+            round_id=0,
+            node_id=1,
+            threshold=2,
+            degree=0,
+            bits=64.0,
+            vector_length=1,
+            participants=(1, 2, 3),
+        ),
+        lambda: ShareKeysRequest(
+            session_id=b"\x00" * 32,
+            round_id=0,
+            node_id=1,
+            reveals=(SeedReveal(2, b"\x00" * 32), SeedReveal(1, b"\x00" * 32)),
+            adverts=(),
         ),
     ],
 )
 def test_constructors_refuse_wrong_types_and_sizes(build):
     with pytest.raises(MalformedMessage):
         build()
+
+
+def test_every_constructed_message_serialises():
+    """A message object that exists is well formed: to_bytes never fails and parses back."""
+    for raw in TRANSCRIPT:
+        msg = parse(raw)
+        assert parse(replace(msg).to_bytes()) == msg

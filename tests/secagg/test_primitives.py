@@ -19,6 +19,8 @@ from securefvpa.secagg.primitives import (
     PURPOSE_SHARE_ENCRYPTION,
     advertise_payload,
     apply_masks,
+    commitment_digest,
+    derive_graph_seed,
     expand_mask,
     keystream_uniform,
     open_sealed,
@@ -26,6 +28,7 @@ from securefvpa.secagg.primitives import (
     public_bytes,
     round_context,
     seal,
+    seed_commitment,
     share_associated_data,
     sign,
     verify,
@@ -130,10 +133,15 @@ def test_mask_expansion_rejects_bad_arguments(seed, length, bits, out):
 
 
 @pytest.mark.parametrize("bits", [32, 64])
-def test_streamed_mask_sum_equals_expanded_masks(bits):
-    """apply_masks walks the vector in cache blocks with open encryptors; it must produce
-    exactly the same ring sum as expanding every mask in full (ragged last block included)."""
-    n = 3 * (MASK_BLOCK_BYTES // (bits // 8)) + 7
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_streamed_mask_sum_equals_expanded_masks(bits, workers, monkeypatch):
+    """apply_masks walks the vector in cache blocks with open encryptors, split over threads
+    that each start every keystream at their slice's counter block; it must produce exactly
+    the same ring sum as expanding every mask in full (uneven slices, ragged last block)."""
+    from securefvpa.secagg import primitives
+
+    monkeypatch.setattr(primitives, "_MIN_BYTES_PER_WORKER", 1)  # a thread per block if asked
+    n = 7 * (MASK_BLOCK_BYTES // (bits // 8)) + 7
     dtype = np.uint32 if bits == 32 else np.uint64
     masks = [(bytes([i]) * 32, 1 if i % 3 else -1) for i in range(1, 6)]
     start = np.arange(n, dtype=dtype)
@@ -141,9 +149,25 @@ def test_streamed_mask_sum_equals_expanded_masks(bits):
     for seed, sgn in masks:
         m = expand_mask(seed, n, bits)
         want = want + m if sgn == 1 else want - m
-    got = apply_masks(start.copy(), masks, bits)
+    got = apply_masks(start.copy(), masks, bits, workers=workers)
     assert np.array_equal(got, want)
-    assert np.array_equal(apply_masks(start.copy(), [], bits), start)
+    assert np.array_equal(apply_masks(start.copy(), [], bits, workers=workers), start)
+    short = np.arange(5, dtype=dtype)  # fewer bytes than one block: one thread whatever asked
+    expect = short + expand_mask(masks[0][0], 5, bits)
+    assert np.array_equal(apply_masks(short, masks[:1], bits, workers=workers), expect)
+
+
+def test_keystream_at_a_counter_offset_is_the_tail_of_the_stream():
+    from securefvpa.secagg.primitives import _mask_keystream
+
+    seed = b"\x0b" * 32
+    whole = expand_mask(seed, 4 * 1000, 32).tobytes()
+    tail = _mask_keystream(seed, 37).update(bytes(16 * 100))
+    assert tail == whole[16 * 37 : 16 * 137]
+    carry = _mask_keystream(seed, 2**64 - 1).update(bytes(32))  # counter carries past 64 bits
+    ecb = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    blocks = [(2**64 - 1).to_bytes(16, "big"), (2**64).to_bytes(16, "big")]
+    assert carry == ecb.update(b"".join(blocks)) + ecb.finalize()
 
 
 @pytest.mark.parametrize(
@@ -158,6 +182,53 @@ def test_streamed_mask_sum_equals_expanded_masks(bits):
 def test_streamed_mask_sum_rejects_bad_arguments(total, masks):
     with pytest.raises(ConfigError):
         apply_masks(total, masks, 32)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_streamed_mask_sum_rejects_bad_worker_counts(workers):
+    with pytest.raises(ConfigError, match="workers"):
+        apply_masks(np.zeros(4, dtype=np.uint32), [(b"\x00" * 32, 1)], 32, workers=workers)
+
+
+def test_seed_commitment_and_graph_seed_layouts_are_independent_hashes():
+    """Commitment, committed-set digest and graph seed, recomputed from their definitions
+    with hashlib (domain-separated labels, big-endian ids, sorted by id)."""
+    ctx = round_context(**{**CTX_ARGS, "graph_seed": b""})  # type: ignore[arg-type]
+    r5, r9 = b"\x05" * 32, b"\x09" * 32
+    label = b"securefvpa/secagg/v1/"
+    c5 = seed_commitment(ctx, 5, r5)
+    assert c5 == hashlib.sha256(label + b"seed-commit|" + ctx + struct.pack(">Q", 5) + r5).digest()
+    c9 = seed_commitment(ctx, 9, r9)
+    body = struct.pack(">Q", 2) + struct.pack(">Q", 5) + c5 + struct.pack(">Q", 9) + c9
+    assert (
+        commitment_digest(ctx, [(5, c5), (9, c9)])
+        == hashlib.sha256(label + b"commitments|" + ctx + body).digest()
+    )
+    body = struct.pack(">Q", 2) + struct.pack(">Q", 5) + r5 + struct.pack(">Q", 9) + r9
+    assert (
+        derive_graph_seed(ctx, [(5, r5), (9, r9)])
+        == hashlib.sha256(label + b"graph-seed|" + ctx + body).digest()
+    )
+    # the parameter context (no seed yet) is the round context with an empty, length-0 seed
+    h = hashlib.sha256(b"securefvpa/secagg/v1/context")
+    h.update(b"\x20" + b"\x01" * 32 + struct.pack(">QIIBQ", 3, 2, 0, 32, 4))
+    h.update(b"\x00" + struct.pack(">I3Q", 3, 5, 9, 12))
+    assert ctx == h.digest()
+    assert seed_commitment(ctx, 6, r5) != c5 and seed_commitment(_ctx(), 5, r5) != c5
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: seed_commitment(b"c", 1, b"\x00" * 31),
+        lambda: derive_graph_seed(b"c", [(2, b"\x00" * 32), (1, b"\x00" * 32)]),
+        lambda: derive_graph_seed(b"c", [(1, b"\x00" * 32), (1, b"\x00" * 32)]),
+        lambda: commitment_digest(b"c", [(1, b"\x00" * 31)]),
+    ],
+)
+def test_seed_helpers_refuse_malformed_input(call):
+    with pytest.raises(ConfigError):
+        call()
 
 
 def test_keystream_uniform_in_unit_interval():
@@ -190,13 +261,14 @@ def test_low_order_x25519_point_aborts():
         pair_key(A, b"\x00" * 32, context=_ctx(), purpose=PURPOSE_PAIRWISE_MASK, a=1, b=2)
 
 
-def test_signature_bound_to_context_and_node():
+def test_signature_bound_to_context_node_and_commitment():
     identity = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)
-    payload = advertise_payload(_ctx(), 5, b"c" * 32, b"s" * 32)
+    keys = (b"c" * 32, b"s" * 32, b"r" * 32)
+    payload = advertise_payload(_ctx(), 5, *keys)
     sig = sign(identity, payload)
     assert verify(identity.public_key(), sig, payload)
-    assert not verify(
-        identity.public_key(), sig, advertise_payload(_ctx(), 6, b"c" * 32, b"s" * 32)
-    )
+    assert not verify(identity.public_key(), sig, advertise_payload(_ctx(), 6, *keys))
     other = round_context(**{**CTX_ARGS, "round_id": 4})  # type: ignore[arg-type]
-    assert not verify(identity.public_key(), sig, advertise_payload(other, 5, b"c" * 32, b"s" * 32))
+    assert not verify(identity.public_key(), sig, advertise_payload(other, 5, *keys))
+    moved = advertise_payload(_ctx(), 5, keys[0], keys[1], b"R" * 32)  # another commitment
+    assert not verify(identity.public_key(), sig, moved)

@@ -185,11 +185,14 @@ def test_server_rejects_malicious_client_replies_and_still_finishes():
 
 def test_server_receive_never_raises_on_garbage():
     h = Harness(n=4, d=3)
-    server = h.server()
-    server.start()
+    server, clients = h.server(), h.clients()
+    out = server.start()
+    node = h.ids[0]
     for junk in (b"", b"\x00" * 100, None, "str", 5, bytearray(b"SFSA")):
-        assert server.receive(h.ids[0], junk) is False  # type: ignore[arg-type]
-        server._expected.add(h.ids[0])  # re-arm (a rejected node is otherwise dropped)
+        assert server.receive(node, junk) is False  # type: ignore[arg-type]
+        assert "advertise-keys" in server.rejected[node]
+    # a refused message changes nothing: the node's real reply is still accepted afterwards
+    assert server.receive(node, clients[node].handle(out[node])) is True
     assert server.receive(12345, b"x") is False
     assert "unexpected" in server.rejected[12345]
 

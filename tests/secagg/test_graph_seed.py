@@ -1,0 +1,250 @@
+"""The SecAgg+ graph seed is derived by commit-then-reveal; the server cannot choose it.
+
+Each client commits to a fresh contribution in its signed key advertisement, reveals it only
+after the server has shown it the commitments of all of U1, and then accepts only reveals that
+open exactly that set. A server (with or without colluding clients) that names neighbours from
+a seed of its own, forges or withholds a reveal, or changes U1 after the reveals is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from securefvpa.errors import ConfigError, ProtocolAbort
+from securefvpa.secagg import ClientPhase, ServerPhase
+from securefvpa.secagg.client import MAX_INSTANCES_PER_INPUT, admit_instance
+from securefvpa.secagg.graph import neighbour_graph
+from securefvpa.secagg.messages import (
+    RevealSeedReply,
+    RevealSeedRequest,
+    SeedCommitment,
+    SeedReveal,
+    parse,
+)
+
+from .conftest import Harness, assert_aborts, drive, ring_sum, run_until
+
+
+@pytest.fixture
+def g() -> Harness:
+    return Harness(n=10, d=4, degree=4, seed="seed-attack")  # m = 5, t = 3
+
+
+def _independent_seed(context: bytes, reveals: dict[int, bytes]) -> bytes:
+    """The seed computed from its definition, not with the code under test."""
+    h = hashlib.sha256(b"securefvpa/secagg/v1/graph-seed|" + context)
+    h.update(struct.pack(">Q", len(reveals)))
+    for node in sorted(reveals):
+        h.update(struct.pack(">Q", node) + reveals[node])
+    return h.digest()
+
+
+def test_everyone_derives_the_same_graph_from_all_reveals(g):
+    server, clients, inputs = g.server(), g.clients(), g.inputs()
+    reveals: dict[int, bytes] = {}
+    original = server.receive
+
+    def receive(node, data):
+        msg = parse(data)
+        if isinstance(msg, RevealSeedReply):
+            reveals[node] = msg.contribution
+        return original(node, data)
+
+    server.receive = receive  # type: ignore[method-assign]
+    total = drive(server, clients, inputs)
+    assert np.array_equal(total, ring_sum(inputs, g.ids))
+    assert set(reveals) == set(g.ids)
+    assert server.result.survivors_by_phase["reveal-seed"] == tuple(g.ids)
+    assert server.graph_seed == _independent_seed(server.parameter_context, reveals)
+    assert server.neighbours == neighbour_graph(g.ids, g.degree, server.graph_seed)
+    for node, client in clients.items():
+        assert client._graph_seed == server.graph_seed
+        assert client._holders == server.holders[node]
+
+
+def test_complete_graph_round_has_no_seed_exchange():
+    h = Harness(n=6, d=3, seed="complete")
+    server = h.server()
+    drive(server, h.clients(), h.inputs())
+    assert "reveal-seed" not in server.result.survivors_by_phase
+    assert server.graph_seed == b""
+
+
+def test_server_chosen_seed_refused(g):
+    """The server names neighbours from a seed of its own choosing: the victim computes the
+    graph itself from the reveals and refuses the neighbour set."""
+    server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS)
+    victim = g.ids[0]
+    chosen = next(
+        s
+        for s in (bytes([i]) * 32 for i in range(256))
+        if neighbour_graph(g.ids, g.degree, s)[victim] != server.neighbours[victim]
+    )
+    wanted = neighbour_graph(g.ids, g.degree, chosen)[victim] | {victim}
+    req = parse(out[victim])
+    adverts = tuple(server._adverts[v] for v in sorted(wanted))
+    evil = replace(req, adverts=adverts)
+    assert_aborts(clients[victim], evil.to_bytes(), "neighbour set does not match")
+
+
+def test_forged_reveal_refused(g):
+    """A reveal replaced after the fact (to steer the seed) does not open its commitment."""
+    server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS)
+    victim, other = g.ids[0], g.ids[5]
+    req = parse(out[victim])
+    reveals = tuple(
+        SeedReveal(r.node_id, b"\x42" * 32) if r.node_id == other else r for r in req.reveals
+    )
+    assert_aborts(clients[victim], replace(req, reveals=reveals).to_bytes(), "do not open")
+
+
+@pytest.mark.parametrize("change", ["shrink", "grow"])
+def test_u1_changed_after_the_reveal_refused(g, change):
+    """After revealing for U1 a client refuses any other set: a server that saw the reveals
+    cannot drop committed nodes (claim them absent) or add nodes to re-roll the seed."""
+    late = g.ids[-1]
+    drop = {ServerPhase.ADVERTISE_KEYS: {late}} if change == "grow" else None
+    server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS, drop=drop)
+    victim = g.ids[0]
+    req = parse(out[victim])
+    if change == "shrink":
+        gone = next(r.node_id for r in req.reveals if r.node_id not in server.holders[victim])
+        reveals = tuple(r for r in req.reveals if r.node_id != gone)
+    else:  # the server's own contribution for a node that never advertised
+        assert late not in {r.node_id for r in req.reveals}
+        reveals = tuple(
+            sorted((*req.reveals, SeedReveal(late, b"\x07" * 32)), key=lambda r: r.node_id)
+        )
+    assert_aborts(clients[victim], replace(req, reveals=reveals).to_bytes(), "do not open")
+
+
+def test_second_reveal_request_refused_after_revealing(g):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    victim = g.ids[0]
+    req = parse(out[victim])
+    clients[victim].handle(out[victim])
+    smaller = replace(
+        req,
+        commitments=req.commitments[1:]
+        if req.commitments[0].node_id != victim
+        else req.commitments[:-1],
+    )
+    assert_aborts(clients[victim], smaller.to_bytes(), "expected a ShareKeysRequest")
+
+
+@pytest.mark.parametrize("change", ["altered", "omitted"])
+def test_own_commitment_altered_or_omitted_refused(g, change):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    victim = g.ids[1]
+    req = parse(out[victim])
+    if change == "altered":
+        entries = tuple(
+            SeedCommitment(c.node_id, b"\x00" * 32) if c.node_id == victim else c
+            for c in req.commitments
+        )
+    else:
+        entries = tuple(c for c in req.commitments if c.node_id != victim)
+    assert_aborts(
+        clients[victim], replace(req, commitments=entries).to_bytes(), "omitted or altered"
+    )
+
+
+def test_commitments_of_non_participants_or_too_few_refused(g):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    victim = g.ids[1]
+    req = parse(out[victim])
+    sybil = tuple(
+        sorted((*req.commitments, SeedCommitment(424242, b"\x01" * 32)), key=lambda c: c.node_id)
+    )
+    assert_aborts(
+        clients[victim], replace(req, commitments=sybil).to_bytes(), "outside the participant"
+    )
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    req = parse(out[victim])
+    few = tuple(c for c in req.commitments if c.node_id == victim or c.node_id == g.ids[0])
+    assert_aborts(clients[victim], replace(req, commitments=few).to_bytes(), "too few survivors")
+
+
+def test_advert_with_another_commitment_refused(g):
+    server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS)
+    victim = g.ids[0]
+    req = parse(out[victim])
+    i = next(k for k, a in enumerate(req.adverts) if a.node_id != victim)
+    adverts = list(req.adverts)
+    adverts[i] = replace(adverts[i], seed_commitment=b"\x05" * 32)
+    assert_aborts(
+        clients[victim], replace(req, adverts=tuple(adverts)).to_bytes(), "not the one it committed"
+    )
+
+
+def test_reveals_in_a_complete_graph_round_refused():
+    h = Harness(n=6, d=3, seed="complete-reveal")
+    server, clients, _, out = run_until(h, ServerPhase.SHARE_KEYS)
+    victim = h.ids[0]
+    req = parse(out[victim])
+    evil = replace(req, reveals=(SeedReveal(h.ids[1], b"\x01" * 32),))
+    assert_aborts(clients[victim], evil.to_bytes(), "complete-graph round")
+
+
+def test_missing_reveal_aborts_the_instance(g):
+    """A seed over the reveals that arrived would let the server pick the subset: one missing
+    reveal aborts the instance instead."""
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    for node, req in out.items():
+        if node != g.ids[3]:
+            assert server.receive(node, clients[node].handle(req))
+    with pytest.raises(ProtocolAbort, match="reveals missing from 1 committed node"):
+        server.advance()
+    assert server.phase is ServerPhase.ABORTED and server.graph_seed == b""
+
+
+def test_reveal_not_opening_its_commitment_refused_by_the_server(g):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED, roster=True)
+    liar = g.ids[2]
+    for node, req in out.items():
+        reply = clients[node].handle(req)
+        if node == liar:
+            reply = replace(parse(reply), contribution=b"\x00" * 32).to_bytes()
+            assert server.receive(node, reply) is False
+            assert "does not open" in server.rejected[liar]
+        else:
+            assert server.receive(node, reply) is True
+    with pytest.raises(ProtocolAbort, match="reveals missing"):
+        server.advance()
+
+
+def test_reveal_request_for_another_node_or_round_refused(g):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    a, b = g.ids[0], g.ids[1]
+    assert_aborts(clients[a], out[b], "addressed to another node")
+    req = parse(out[b])
+    assert_aborts(clients[b], replace(req, round_id=req.round_id + 1).to_bytes(), "another session")
+
+
+def test_instances_per_input_are_bounded():
+    """A server that aborts instances to re-roll the graph gets at most
+    MAX_INSTANCES_PER_INPUT draws per input."""
+    count = 0
+    for _ in range(MAX_INSTANCES_PER_INPUT):
+        count = admit_instance(count)
+    assert count == MAX_INSTANCES_PER_INPUT
+    with pytest.raises(ProtocolAbort, match="already offered to 3 protocol instances"):
+        admit_instance(count)
+    with pytest.raises(ConfigError):
+        admit_instance(-1)
+    with pytest.raises(ConfigError):
+        admit_instance(True)
+
+
+def test_client_in_reveal_phase_needs_no_input(g):
+    server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
+    c = clients[g.ids[0]]
+    assert c.phase is ClientPhase.REVEAL_SEED and not c.needs_input
+    assert isinstance(parse(out[g.ids[0]]), RevealSeedRequest)
+    assert isinstance(parse(c.handle(out[g.ids[0]])), RevealSeedReply)
+    assert c.phase is ClientPhase.SHARE_KEYS
