@@ -200,29 +200,3 @@ def private_train_steps(
         episodes=n_episodes,
         sampled=sampled_total,
     )
-
-
-def per_episode_clipped_grads(
-    model: torch.nn.Module, batch: Any, clip: float, mode: str = "hooks"
-) -> torch.Tensor:
-    """Clipped per-episode gradients, flattened ``[B, n_params]`` (for the sensitivity test).
-
-    Uses the same Opacus per-sample machinery and the same clipping rule as the optimizer.
-    """
-    gsm = wrap(model, mode)
-    gsm.zero_grad(set_to_none=True)
-    per_episode, _ = gsm(**batch.inputs())
-    per_episode.mean().backward()
-    rows = [
-        p.grad_sample.reshape(p.grad_sample.shape[0], -1)
-        for p in gsm.parameters()
-        if p.requires_grad and p.grad_sample is not None
-    ]
-    flat = torch.cat(rows, dim=1)
-    # Opacus: per_sample_clip_factor = (C / (norm + 1e-6)).clamp(max=1)
-    factor = (clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)
-    out = flat * factor[:, None]
-    for p in gsm.parameters():
-        p.grad_sample = None
-    gsm._close()
-    return out.detach()

@@ -9,15 +9,16 @@ import torch.nn.functional as F
 
 from securefvpa.config import ModelConfig, TrainConfig
 from securefvpa.data.dataset import EmbeddedPairs
+from securefvpa.errors import ConfigError
 from securefvpa.models import preference
 from securefvpa.models.factory import build_model
 from securefvpa.models.planted import planted_pairs
+from securefvpa.privacy.plan import DPSettings
 from securefvpa.train import csprng
 from securefvpa.train.episodes import collate, partition_episodes
 from securefvpa.train.private import (
     CsprngDPOptimizer,
-    DPSettings,
-    per_episode_clipped_grads,
+    PrivateStepper,
     private_train_steps,
     wrap,
 )
@@ -49,6 +50,58 @@ def _client(kind: str = "fedvpa-gp", users: int = 3):
 
 def _flat_grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def _flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat(
+        [p.detach().reshape(-1).clone() for p in model.parameters() if p.requires_grad]
+    )
+
+
+SGD1 = TrainConfig(context_pairs=4, target_pairs=2, lr=1.0, optimizer="sgd")
+
+
+def _oracle_clipped(model: torch.nn.Module, pairs, episodes, clip: float) -> torch.Tensor:
+    """Brute force: each episode's gradient on its own (plain autograd, no Opacus), clipped
+    with Opacus' rule ``g * min(1, C / (||g|| + 1e-6))``. Shape [n_episodes, n_params]."""
+    rows = []
+    for ep in episodes:
+        model.zero_grad(set_to_none=True)
+        loss, _ = model(**collate(pairs, [ep]).inputs())
+        loss.sum().backward()
+        g = _flat_grads(model)
+        rows.append(g * min(1.0, clip / (float(g.norm()) + 1e-6)))
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+def _stepper_update(
+    model,
+    pairs,
+    episodes,
+    *,
+    clip: float,
+    sigma: float = 0.0,
+    expected_batch: float = 1.0,
+    mode: str = "hooks",
+) -> torch.Tensor:
+    """theta_after - theta_before of ONE production DP-SGD step (PrivateStepper, SGD, lr 1) on
+    ``episodes``, from a copy of ``model``: ``-(sum_i clip(g_i) + noise) / expected_batch``."""
+    import copy
+
+    m = copy.deepcopy(model)
+    before = _flat_params(m)
+    stepper = PrivateStepper(
+        m,
+        dp=DPSettings(noise_multiplier=sigma, clip=clip, sample_rate=1.0, grad_sample_mode=mode),
+        train_cfg=SGD1,
+        expected_batch=expected_batch,
+    )
+    try:
+        stepper.step(collate(pairs, episodes))
+    finally:
+        stepper.close()
+    return _flat_params(m) - before
 
 
 @pytest.mark.parametrize("kind", ["fedvpa-gp", "vpl", "btl", "oracle"])
@@ -105,9 +158,26 @@ def _replace_pair(pairs: EmbeddedPairs, row: int, donor: int) -> EmbeddedPairs:
 
 
 @pytest.mark.parametrize("clip", [0.05, 1.0])
+@pytest.mark.parametrize("kind", ["fedvpa-gp", "btl"])
+def test_private_stepper_equals_the_brute_force_clipped_sum(kind, clip, deterministic_latent):
+    """Oracle for the optimizer that trains: with sigma = 0, one PrivateStepper step (SGD, lr 1,
+    expected batch B) moves the parameters by exactly ``-sum_i clip(g_i) / B``, where g_i is
+    episode i's gradient computed on its own. Catches a wrong clipping rule, norm or scale."""
+    model, pairs, users = _client(kind, users=4)
+    episodes = partition_episodes(
+        pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(0)
+    )
+    oracle = _oracle_clipped(model, pairs, episodes, clip)
+    assert float(oracle.norm(dim=1).max()) <= clip * (1 + 1e-5)
+    got = _stepper_update(model, pairs, episodes, clip=clip, expected_batch=3.0)
+    torch.testing.assert_close(got, -oracle.sum(0) / 3.0, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip", [0.05, 1.0])
 def test_one_pair_changes_one_clipped_gradient(clip, deterministic_latent):
     """Replacing one preference pair changes exactly one clipped per-episode gradient, and the
-    clipped sum by at most 2C: the replace-one sensitivity the accountant assumes."""
+    clipped sum by at most 2C: the replace-one sensitivity the accountant assumes. Measured with
+    the production optimizer (one sigma-0 step per episode, then one on the whole batch)."""
     model, pairs, users = _client("fedvpa-gp", users=3)
     row = int(users[1].train_rows[2])
     donor = int(users[2].heldout_rows[0])
@@ -123,13 +193,15 @@ def test_one_pair_changes_one_clipped_gradient(clip, deterministic_latent):
         (e.context.tolist(), e.targets.tolist()) for e in ep_b
     ]
     assert sum(row in e.context or row in e.targets for e in ep_a) == 1
-    ga = per_episode_clipped_grads(model, collate(pairs, ep_a), clip)
-    gb = per_episode_clipped_grads(model, collate(neighbour, ep_b), clip)
-    changed = [i for i in range(len(ep_a)) if not torch.equal(ga[i], gb[i])]
+    ga = torch.stack([-_stepper_update(model, pairs, [e], clip=clip) for e in ep_a])
+    gb = torch.stack([-_stepper_update(model, neighbour, [e], clip=clip) for e in ep_b])
+    changed = [i for i in range(len(ep_a)) if not torch.allclose(ga[i], gb[i], atol=1e-9, rtol=0)]
     holder = next(i for i, e in enumerate(ep_a) if row in e.context or row in e.targets)
     assert changed == [holder]
     assert float(ga.norm(dim=1).max()) <= clip * (1 + 1e-5)
-    diff = float((ga.sum(0) - gb.sum(0)).norm())
+    sum_a = -_stepper_update(model, pairs, ep_a, clip=clip)
+    sum_b = -_stepper_update(model, neighbour, ep_b, clip=clip)
+    diff = float((sum_a - sum_b).norm())
     assert 0 < diff <= 2 * clip * (1 + 1e-5)
 
 
@@ -143,7 +215,7 @@ def test_csprng_noise_has_the_right_distribution():
     assert 0.0 <= u.min() and u.max() < 1.0
     m = csprng.poisson_mask(100_000, 0.3)
     assert abs(m.mean() - 0.3) < 0.01
-    with pytest.raises(ValueError, match="1.5"):
+    with pytest.raises(ConfigError, match="1.5"):
         csprng.poisson_mask(3, 1.5)
 
 
@@ -173,22 +245,83 @@ def test_dp_optimizer_adds_noise_of_sigma_times_clip(monkeypatch):
     gsm._close()
 
 
-def test_private_training_runs_and_respects_settings(deterministic_latent):
-    model, pairs, users = _client("fedvpa-gp")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def _train(model, pairs, users, *, steps: int, dp: DPSettings, lr: float = 1.0):
+    before = _flat_params(model)
     stats = private_train_steps(
         model,
         pairs,
         users,
-        steps=4,
-        train_cfg=TRAIN,
-        dp=DPSettings(noise_multiplier=1.0, clip=1.0, sample_rate=0.5),
+        steps=steps,
+        train_cfg=TrainConfig(context_pairs=4, target_pairs=2, lr=lr, optimizer="sgd"),
+        dp=dp,
         rng=np.random.default_rng(0),
+        schedule=False,
     )
-    assert stats.steps == 4 and stats.episodes >= 3
-    assert 0 <= stats.sampled <= 4 * stats.episodes
-    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert changed
+    return stats, _flat_params(model) - before
+
+
+def test_private_training_honours_the_clip_norm(deterministic_latent):
+    """sigma = 0, q = 1, C tiny: every step moves the parameters by at most lr * C (the mean of
+    E clipped gradients over the expected batch E). Ignoring the clip fails by orders of
+    magnitude (unclipped episode gradients are ~1e-1 here)."""
+    model, pairs, users = _client("fedvpa-gp")
+    clip = 1e-4
+    stats, moved = _train(
+        model,
+        pairs,
+        users,
+        steps=3,
+        dp=DPSettings(noise_multiplier=0.0, clip=clip, sample_rate=1.0),
+    )
+    assert stats.sampled == 3 * stats.episodes  # q = 1: every episode, every step
+    assert 0 < float(moved.norm()) <= 3 * clip * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("clip", [0.01, 0.04])
+def test_private_training_adds_noise_of_sigma_times_clip(clip, deterministic_latent):
+    """sigma large, so noise dominates: one step moves the parameters by N(0, (sigma C)^2 I_d) / B
+    (B = q * episodes), so ||moved|| ~ sigma * C * sqrt(d) / B within a few percent. Ignoring
+    sigma (no noise) or C (noise std sigma instead of sigma * C) fails."""
+    model, pairs, users = _client("fedvpa-gp")
+    sigma, q = 200.0, 0.5
+    d = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    stats, moved = _train(
+        model,
+        pairs,
+        users,
+        steps=1,
+        dp=DPSettings(noise_multiplier=sigma, clip=clip, sample_rate=q),
+    )
+    expected_batch = max(1, round(q * stats.episodes))
+    predicted = sigma * clip * np.sqrt(d) / expected_batch
+    # the clipped signal adds at most C * episodes / B (<< 1 % of the noise norm here)
+    assert abs(float(moved.norm()) / predicted - 1.0) < 0.05, (float(moved.norm()), predicted)
+
+
+@pytest.mark.parametrize("q", [0.2, 0.8])
+def test_private_training_samples_at_rate_q(q, deterministic_latent):
+    """Poisson sampling at rate q: over 60 steps the number of sampled episodes is Binomial(60 E,
+    q); the test accepts 5 standard deviations (false alarm < 1e-6). A sampler that ignores q
+    (always all, or a fixed fraction) fails for one of the two rates."""
+    model, pairs, users = _client("btl")
+    stats, _ = _train(
+        model,
+        pairs,
+        users,
+        steps=60,
+        lr=1e-6,
+        dp=DPSettings(noise_multiplier=0.0, clip=1.0, sample_rate=q),
+    )
+    n = 60 * stats.episodes
+    sd = np.sqrt(n * q * (1 - q))
+    assert abs(stats.sampled - n * q) <= 5 * sd, (stats.sampled, n * q, sd)
+
+
+def test_private_training_leaves_a_usable_model(deterministic_latent):
+    model, pairs, users = _client("fedvpa-gp")
+    _train(
+        model, pairs, users, steps=2, dp=DPSettings(noise_multiplier=1.0, clip=1.0, sample_rate=0.5)
+    )
     # the model is usable without Opacus afterwards (hooks removed)
     loss, _ = model(
         **collate(
@@ -199,6 +332,9 @@ def test_private_training_runs_and_respects_settings(deterministic_latent):
         ).inputs()
     )
     assert torch.isfinite(loss).all()
+    assert not any(
+        hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters()
+    )
 
 
 @pytest.mark.parametrize(
@@ -213,7 +349,7 @@ def test_private_training_runs_and_respects_settings(deterministic_latent):
 )
 def test_bad_dp_settings_name_the_value(bad):
     args = dict(noise_multiplier=1.0, clip=1.0, sample_rate=0.5) | bad
-    with pytest.raises(ValueError, match="Found"):
+    with pytest.raises(ConfigError, match="Found"):
         DPSettings(**args)
 
 
@@ -226,14 +362,19 @@ def test_ghost_clipping_gives_the_same_clipped_sum(kind, deterministic_latent):
     from securefvpa.train.private import CsprngGhostDPOptimizer
 
     model, pairs, users = _client(kind)
-    episodes = partition_episodes(pairs, users, context_pairs=4, target_pairs=2,
-                                  rng=np.random.default_rng(0))
+    episodes = partition_episodes(
+        pairs, users, context_pairs=4, target_pairs=2, rng=np.random.default_rng(0)
+    )
     batch = collate(pairs, episodes)
     clip = 0.05
-    expected = per_episode_clipped_grads(model, batch, clip).sum(0)
+    expected = _oracle_clipped(model, pairs, episodes, clip).sum(0)
     gsm = wrap(model, "ghost", clip=clip)
-    opt = CsprngGhostDPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
-                                 max_grad_norm=clip, expected_batch_size=len(episodes))
+    opt = CsprngGhostDPOptimizer(
+        torch.optim.SGD(gsm.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=len(episodes),
+    )
     per_episode, _ = gsm(**batch.inputs())
     DPTensorFastGradientClipping(gsm, opt, per_episode, "mean").backward()
     got = torch.cat([p.grad.reshape(-1) for p in gsm.parameters() if p.requires_grad])
