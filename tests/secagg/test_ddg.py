@@ -113,6 +113,30 @@ def test_exact_fallback_path_is_exact(monkeypatch):
     assert len(calls) > 5_000
 
 
+def test_exact_comparisons_agree_with_high_precision_truth():
+    """The exact path itself (a GoF test cannot see errors that merely reject candidates): for
+    U's 53-bit prefixes far from and ON the boundary exp(-x) (the latter forces refinement),
+    ``_below_exp`` answers what the refined U says against mpmath at 300 digits, and
+    ``_exact_geometric`` returns v with exp(-(v+1)) <= U < exp(-v)."""
+    mpmath.mp.dps = 300
+    stream = DeterministicBytes("exact-path")
+    for i in range(300):
+        x = Fraction(int.from_bytes(stream(4), "big") % 50_000 + 1, 997 + i)
+        boundary = int(mpmath.floor(mpmath.exp(-mpmath.mpf(x.numerator) / x.denominator) * 2**53))
+        for j in (boundary, max(boundary - 3, 0), boundary + 3):
+            u = ddg._LazyUniform(j, 53, stream)
+            answer = ddg._below_exp(u, x)
+            e = mpmath.exp(-mpmath.mpf(x.numerator) / x.denominator)
+            lo, hi = mpmath.mpf(u.num) / 2**u.bits, mpmath.mpf(u.num + 1) / 2**u.bits
+            assert (hi <= e) if answer else (lo >= e), (x, j, answer)
+            if j == boundary:
+                assert u.bits > 53  # the boundary case needed more bits
+        u = ddg._LazyUniform(int.from_bytes(stream(7), "big") >> 3, 53, stream)
+        v = ddg._exact_geometric(u, guess=int.from_bytes(stream(1), "big") % 40)
+        lo, hi = mpmath.mpf(u.num) / 2**u.bits, mpmath.mpf(u.num + 1) / 2**u.bits
+        assert mpmath.exp(-(v + 1)) <= lo and hi <= mpmath.exp(-v)
+
+
 def test_exp_brackets_are_rigorous_and_tight():
     """The exact path's rational brackets contain exp(-x) (mpmath, 120 digits) and are narrower
     than 2^-prec, for x with huge denominators (as from sigma^2 = Fraction(float)^2)."""
