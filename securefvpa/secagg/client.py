@@ -40,7 +40,7 @@ from securefvpa.secagg import shamir
 from securefvpa.secagg.graph import (
     MIN_PARTICIPANTS,
     effective_degree,
-    neighbour_graph,
+    neighbours_of,
     threshold_for,
 )
 from securefvpa.secagg.messages import (
@@ -57,7 +57,6 @@ from securefvpa.secagg.messages import (
     RevealSeedReply,
     RevealSeedRequest,
     SealedShare,
-    SeedReveal,
     ShareKeysReply,
     ShareKeysRequest,
     UnmaskReply,
@@ -358,24 +357,22 @@ class SecAggClient:
         )
 
     def _on_reveal_seed(self, msg: RevealSeedRequest) -> bytes:
-        ids = [c.node_id for c in msg.commitments]
+        ids = msg.committed
         if not set(ids) <= set(self._participants):
             raise ProtocolAbort("seed commitments from nodes outside the participant list")
-        own = [c.commitment for c in msg.commitments if c.node_id == self.node_id]
-        if not own or not hmac.compare_digest(own[0], self._own_commitment()):
+        own = _column(ids, msg.commitments, COMMITMENT_BYTES).get(self.node_id)
+        if own is None or not hmac.compare_digest(own, self._own_commitment()):
             raise ProtocolAbort("server omitted or altered this node's seed commitment")
         self._require_quorum(len(ids), "advertise keys")
-        self._u1_digest = commitment_digest(
-            self._param_context, [(c.node_id, c.commitment) for c in msg.commitments]
-        )
+        self._u1_digest = commitment_digest(self._param_context, ids, msg.commitments)
         self._phase = ClientPhase.SHARE_KEYS
         return self._reply(RevealSeedReply, contribution=self._contribution)
 
     def _on_share_keys(self, msg: ShareKeysRequest) -> bytes:
         committed: dict[int, bytes] = {}
         if self._sparse:
-            committed = self._derive_graph(msg.reveals)
-        elif msg.reveals:
+            committed = self._derive_graph(msg.revealed, msg.reveals)
+        elif msg.revealed:
             raise ProtocolAbort("graph-seed reveals in a complete-graph round")
         ids = [a.node_id for a in msg.adverts]
         if not set(ids) <= self._holders:
@@ -562,30 +559,30 @@ class SecAggClient:
     def _set_graph(self, graph_seed: bytes) -> None:
         """This node's holders and the round context, from the seed (``b""``: complete graph)."""
         if graph_seed:
-            graph = neighbour_graph(self._participants, self._policy.degree, graph_seed)
-            self._holders = graph[self.node_id] | {self.node_id}
+            neighbours = neighbours_of(
+                self._participants, self._policy.degree, graph_seed, self.node_id
+            )
+            self._holders = neighbours | {self.node_id}
         else:
             self._holders = frozenset(self._participants)
         self._graph_seed = graph_seed
         self._context = self._round_context(graph_seed)
 
-    def _derive_graph(self, reveals: tuple[SeedReveal, ...]) -> dict[int, bytes]:
-        """Check that ``reveals`` open exactly the commitments of the U1 this node revealed
+    def _derive_graph(self, ids: tuple[int, ...], reveals: bytes) -> dict[int, bytes]:
+        """Check that the reveals open exactly the commitments of the U1 this node revealed
         for, then derive the seed and graph; returns ``{node: commitment}`` of U1."""
-        committed = {
-            r.node_id: seed_commitment(self._param_context, r.node_id, r.contribution)
-            for r in reveals
-        }
-        digest = commitment_digest(self._param_context, sorted(committed.items()))
+        ctx = self._param_context
+        commitments = b"".join(
+            seed_commitment(ctx, v, r) for v, r in _column(ids, reveals, SEED_BYTES).items()
+        )
+        digest = commitment_digest(ctx, ids, commitments)
         if not hmac.compare_digest(digest, self._u1_digest):
             raise ProtocolAbort(
                 "graph-seed reveals do not open exactly the commitments this node was shown "
                 "(U1 changed after the reveal, or a reveal does not match its commitment)"
             )
-        self._set_graph(
-            derive_graph_seed(self._param_context, [(r.node_id, r.contribution) for r in reveals])
-        )
-        return committed
+        self._set_graph(derive_graph_seed(ctx, ids, reveals))
+        return _column(ids, commitments, COMMITMENT_BYTES)
 
     def _own_commitment(self) -> bytes:
         return seed_commitment(self._param_context, self.node_id, self._contribution)
@@ -837,6 +834,11 @@ class SecAggClient:
         self._self_seed = b""
         self._b_shares = {}
         self._sk_shares = {}
+
+
+def _column(ids: tuple[int, ...], values: bytes, size: int) -> dict[int, bytes]:
+    """``{id: value}`` of an id list and its column of fixed-size values (shape pre-checked)."""
+    return {v: values[size * i : size * (i + 1)] for i, v in enumerate(ids)}
 
 
 class _StateFields:

@@ -142,10 +142,7 @@ def _random_permutation(items: Sequence[int], seed: bytes) -> list[int]:
     return out
 
 
-def neighbour_graph(
-    participants: Sequence[int], degree: int, seed: bytes
-) -> dict[int, frozenset[int]]:
-    """``{node: neighbours}`` (excluding the node itself) for the sorted participant list."""
+def _checked(participants: Sequence[int], degree: int, seed: bytes) -> tuple[list[int], int]:
     nodes = sorted(participants)
     n = len(nodes)
     if n < MIN_PARTICIPANTS or len(set(nodes)) != n:
@@ -155,7 +152,15 @@ def neighbour_graph(
         )
     if len(seed) != SEED_BYTES:
         raise ConfigError(f"graph seed must be {SEED_BYTES} bytes. Found {len(seed)}.")
-    k = effective_degree(n, degree)
+    return nodes, effective_degree(n, degree)
+
+
+def neighbour_graph(
+    participants: Sequence[int], degree: int, seed: bytes
+) -> dict[int, frozenset[int]]:
+    """``{node: neighbours}`` (excluding the node itself) for the sorted participant list."""
+    nodes, k = _checked(participants, degree, seed)
+    n = len(nodes)
     if k == n - 1:
         everyone = frozenset(nodes)
         return {u: everyone - {u} for u in nodes}
@@ -165,3 +170,20 @@ def neighbour_graph(
         ring[i]: frozenset(ring[(i + off) % n] for off in range(-half, half + 1) if off != 0)
         for i in range(n)
     }
+
+
+def neighbours_of(
+    participants: Sequence[int], degree: int, seed: bytes, node: int
+) -> frozenset[int]:
+    """``neighbour_graph(participants, degree, seed)[node]`` without building the other
+    nodes' sets (what a client needs: O(n) for the permutation, O(k) for its neighbours)."""
+    nodes, k = _checked(participants, degree, seed)
+    n = len(nodes)
+    if node not in nodes:
+        raise ConfigError(f"node {node} is not a participant.")
+    if k == n - 1:
+        return frozenset(nodes) - {node}
+    ring = _random_permutation(nodes, seed)
+    i = ring.index(node)
+    half = k // 2
+    return frozenset(ring[(i + off) % n] for off in range(-half, half + 1) if off != 0)

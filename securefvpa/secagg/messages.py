@@ -89,6 +89,12 @@ def _bytes(name: str, value: Any, size: int) -> None:
         raise MalformedMessage(f"field {name} must be {size} bytes")
 
 
+def _values(name: str, value: Any, size: int, count: int) -> None:
+    """A run of ``count`` fixed-size values (the per-node column of an id list)."""
+    if not isinstance(value, bytes) or len(value) != size * count:
+        raise MalformedMessage(f"field {name} must be {size} bytes per listed node")
+
+
 def _bits(value: Any) -> None:
     _int("bits", value, 32, 64)
     if value not in (32, 64):
@@ -219,48 +225,6 @@ class KeyAdvert:
 
 
 @dataclass(frozen=True)
-class SeedCommitment:
-    """``node_id``'s commitment to its graph-seed contribution (from its signed advert)."""
-
-    node_id: int
-    commitment: bytes
-
-    SIZE: ClassVar[int] = 8 + COMMITMENT_BYTES
-
-    def __post_init__(self) -> None:
-        _int("node_id", self.node_id, 0, _U64_MAX)
-        _bytes("commitment", self.commitment, COMMITMENT_BYTES)
-
-    def to_bytes(self) -> bytes:
-        return struct.pack(">Q", self.node_id) + self.commitment
-
-    @classmethod
-    def read(cls, r: _Reader) -> SeedCommitment:
-        return cls(r.u64(), r.take(COMMITMENT_BYTES))
-
-
-@dataclass(frozen=True)
-class SeedReveal:
-    """``node_id``'s opened graph-seed contribution."""
-
-    node_id: int
-    contribution: bytes
-
-    SIZE: ClassVar[int] = 8 + SEED_BYTES
-
-    def __post_init__(self) -> None:
-        _int("node_id", self.node_id, 0, _U64_MAX)
-        _bytes("contribution", self.contribution, SEED_BYTES)
-
-    def to_bytes(self) -> bytes:
-        return struct.pack(">Q", self.node_id) + self.contribution
-
-    @classmethod
-    def read(cls, r: _Reader) -> SeedReveal:
-        return cls(r.u64(), r.take(SEED_BYTES))
-
-
-@dataclass(frozen=True)
 class SealedShare:
     """AEAD ciphertext of one pair's shares; ``peer_id`` is the receiver (in a reply) or the
     sender (in a request)."""
@@ -324,7 +288,7 @@ class RevealedShare:
         return cls(r.u64(), r.take(SHARE_BYTES))
 
 
-E = TypeVar("E", KeyAdvert, SeedCommitment, SeedReveal, SealedShare, NodeSignature, RevealedShare)
+E = TypeVar("E", KeyAdvert, SealedShare, NodeSignature, RevealedShare)
 
 
 def _w_entries(entries: tuple[Any, ...]) -> bytes:
@@ -436,23 +400,28 @@ class AdvertiseKeysReply(_Message):
 @dataclass(frozen=True)
 class RevealSeedRequest(_Message):
     """Server -> client (SecAgg+ graph only): the seed commitments of every node that
-    advertised keys (U1). The recipient reveals its contribution only after seeing this set,
-    and later accepts only the reveals of exactly this set."""
+    advertised keys (U1): ``committed`` (strictly increasing ids) and ``commitments`` (32 bytes
+    per id, same order; a column, not per-node entries, because every client receives all of
+    U1). The recipient reveals its contribution only after seeing this set, and later accepts
+    only the reveals of exactly this set."""
 
-    commitments: tuple[SeedCommitment, ...]
+    committed: tuple[int, ...]
+    commitments: bytes
 
     TAG: ClassVar[MessageType] = MessageType.REVEAL_SEED_REQUEST
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _entries("commitments", self.commitments, SeedCommitment, lambda e: e.node_id)
+        _ids("committed", self.committed)
+        _values("commitments", self.commitments, COMMITMENT_BYTES, len(self.committed))
 
     def _body(self) -> bytes:
-        return _w_entries(self.commitments)
+        return _w_ids(self.committed) + self.commitments
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:
-        return {"commitments": _r_entries(r, SeedCommitment)}
+        committed = r.ids()
+        return {"committed": committed, "commitments": r.take(COMMITMENT_BYTES * len(committed))}
 
 
 @dataclass(frozen=True)
@@ -477,25 +446,33 @@ class RevealSeedReply(_Message):
 
 @dataclass(frozen=True)
 class ShareKeysRequest(_Message):
-    """Server -> client: the graph-seed reveals of all of U1 (SecAgg+ graph; empty for the
-    complete graph) and the signed keys of the recipient's neighbours in U1."""
+    """Server -> client: the graph-seed reveals of all of U1 (SecAgg+ graph: ``revealed`` ids,
+    ``reveals`` 32 bytes per id; both empty for the complete graph) and the signed keys of the
+    recipient's neighbours in U1."""
 
-    reveals: tuple[SeedReveal, ...]
+    revealed: tuple[int, ...]
+    reveals: bytes
     adverts: tuple[KeyAdvert, ...]
 
     TAG: ClassVar[MessageType] = MessageType.SHARE_KEYS_REQUEST
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _entries("reveals", self.reveals, SeedReveal, lambda e: e.node_id)
+        _ids("revealed", self.revealed)
+        _values("reveals", self.reveals, SEED_BYTES, len(self.revealed))
         _entries("adverts", self.adverts, KeyAdvert, lambda e: e.node_id)
 
     def _body(self) -> bytes:
-        return _w_entries(self.reveals) + _w_entries(self.adverts)
+        return _w_ids(self.revealed) + self.reveals + _w_entries(self.adverts)
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:
-        return {"reveals": _r_entries(r, SeedReveal), "adverts": _r_entries(r, KeyAdvert)}
+        revealed = r.ids()
+        return {
+            "revealed": revealed,
+            "reveals": r.take(SEED_BYTES * len(revealed)),
+            "adverts": _r_entries(r, KeyAdvert),
+        }
 
 
 @dataclass(frozen=True)

@@ -324,31 +324,27 @@ def seed_commitment(context: bytes, node_id: int, contribution: bytes) -> bytes:
     ).digest()
 
 
-def commitment_digest(context: bytes, commitments: Sequence[tuple[int, bytes]]) -> bytes:
-    """SHA-256 over the committed set U1: ``u64(count)`` then ``u64(id) | commitment`` in
-    increasing id order (ids must be strictly increasing). A client keeps this digest after it
-    reveals, and accepts only reveals that open exactly this set."""
-    h = hashlib.sha256(PROTOCOL_LABEL + b"/commitments|" + context + u64(len(commitments)))
-    prev = -1
-    for node, commitment in commitments:
-        if node <= prev or len(commitment) != COMMITMENT_BYTES:
-            raise ConfigError("commitments must be strictly increasing ids with 32-byte values.")
-        prev = node
-        h.update(u64(node) + commitment)
-    return h.digest()
+def _id_column(what: str, ids: Sequence[int], values: bytes, size: int) -> bytes:
+    """``u64(count) | u64(id_1) ... u64(id_c) | values`` after checking the column's shape."""
+    if len(values) != size * len(ids) or any(b <= a for a, b in zip(ids, ids[1:])):
+        raise ConfigError(f"{what} must be strictly increasing ids with {size} bytes per id.")
+    return u64(len(ids)) + struct.pack(f">{len(ids)}Q", *ids) + values
 
 
-def derive_graph_seed(context: bytes, reveals: Sequence[tuple[int, bytes]]) -> bytes:
+def commitment_digest(context: bytes, ids: Sequence[int], commitments: bytes) -> bytes:
+    """SHA-256 over the committed set U1: ``u64(count)``, the ids (strictly increasing), then
+    their 32-byte commitments in the same order. A client keeps this digest after it reveals,
+    and accepts only reveals that open exactly this set."""
+    body = _id_column("commitments", ids, commitments, COMMITMENT_BYTES)
+    return hashlib.sha256(PROTOCOL_LABEL + b"/commitments|" + context + body).digest()
+
+
+def derive_graph_seed(context: bytes, ids: Sequence[int], reveals: bytes) -> bytes:
     """The SecAgg+ graph seed: SHA-256 over ``context`` (the parameter context) and the reveals
-    of every node of U1, ``u64(count)`` then ``u64(id) | r`` in increasing id order."""
-    h = hashlib.sha256(PROTOCOL_LABEL + b"/graph-seed|" + context + u64(len(reveals)))
-    prev = -1
-    for node, contribution in reveals:
-        if node <= prev or len(contribution) != SEED_BYTES:
-            raise ConfigError("reveals must be strictly increasing ids with 32-byte values.")
-        prev = node
-        h.update(u64(node) + contribution)
-    return h.digest()
+    of every node of U1: ``u64(count)``, the ids (strictly increasing), then their 32-byte
+    contributions in the same order."""
+    body = _id_column("reveals", ids, reveals, SEED_BYTES)
+    return hashlib.sha256(PROTOCOL_LABEL + b"/graph-seed|" + context + body).digest()
 
 
 def consistency_payload(context: bytes, survivors: Sequence[int]) -> bytes:

@@ -65,8 +65,6 @@ from securefvpa.secagg.messages import (
     RevealSeedReply,
     RevealSeedRequest,
     SealedShare,
-    SeedCommitment,
-    SeedReveal,
     ShareKeysReply,
     ShareKeysRequest,
     UnmaskReply,
@@ -379,22 +377,24 @@ class SecAggServer:
             for u, r in sorted(replies.items())
         }
         if not self.sparse:
-            return self._send_share_keys(self._prune(responders, "advertise keys"), ())
+            return self._send_share_keys(self._prune(responders, "advertise keys"), (), b"")
         # SecAgg+: every responder is in U1 and must reveal; the graph is unknown until then
         if len(responders) < self.threshold:
             raise ProtocolAbort(
                 f"too few survivors after advertise keys: {len(responders)} < threshold "
                 f"{self.threshold}"
             )
-        commitments = tuple(SeedCommitment(u, a.seed_commitment) for u, a in self._adverts.items())
+        committed = tuple(self._adverts)  # sorted
+        commitments = b"".join(a.seed_commitment for a in self._adverts.values())
         out = {
             u: RevealSeedRequest(
                 session_id=self.session_id,
                 round_id=self.round_id,
                 node_id=u,
+                committed=committed,
                 commitments=commitments,
             ).to_bytes()
-            for u in self._adverts
+            for u in committed
         }
         return self._send(ServerPhase.REVEAL_SEED, out)
 
@@ -407,16 +407,14 @@ class SecAggServer:
                 "would let the server choose the graph); start a new instance"
             )
         replies: dict[int, RevealSeedReply] = self._replies
-        reveals = tuple(SeedReveal(u, replies[u].contribution) for u in sorted(self._adverts))
-        self._set_graph(
-            derive_graph_seed(
-                self.parameter_context, [(r.node_id, r.contribution) for r in reveals]
-            )
-        )
-        return self._send_share_keys(self._prune(responders, "reveal seed"), reveals)
+        revealed = tuple(sorted(self._adverts))
+        reveals = b"".join(replies[u].contribution for u in revealed)
+        self._set_graph(derive_graph_seed(self.parameter_context, revealed, reveals))
+        u1 = self._prune(responders, "reveal seed")
+        return self._send_share_keys(u1, revealed, reveals)
 
     def _send_share_keys(
-        self, u1: frozenset[int], reveals: tuple[SeedReveal, ...]
+        self, u1: frozenset[int], revealed: tuple[int, ...], reveals: bytes
     ) -> dict[int, bytes]:
         self._adverts = {u: a for u, a in self._adverts.items() if u in u1}
         out = {
@@ -424,6 +422,7 @@ class SecAggServer:
                 session_id=self.session_id,
                 round_id=self.round_id,
                 node_id=u,
+                revealed=revealed,
                 reveals=reveals,
                 adverts=tuple(self._adverts[v] for v in sorted(self.holders[u] & u1)),
             ).to_bytes()

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefvpa.errors import ConfigError
-from securefvpa.secagg.graph import default_degree, degree_for, neighbour_graph, threshold_for
+from securefvpa.secagg.graph import (
+    default_degree,
+    degree_for,
+    neighbour_graph,
+    neighbours_of,
+    threshold_for,
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -28,6 +34,8 @@ def test_graph_is_symmetric_k_regular_and_deterministic(ids, half, seed):
         assert len(nb) == expected
         assert all(u in graph[v] for v in nb)
     assert graph == neighbour_graph(list(reversed(ids)), k, seed)
+    for u in ids[:3]:  # what a client computes for itself
+        assert neighbours_of(ids, k, seed, u) == graph[u]
 
 
 def test_degree_zero_is_complete_graph():
@@ -54,6 +62,13 @@ def test_graph_depends_on_seed():
 def test_bad_graph_arguments_refused(ids, degree, seed):
     with pytest.raises(ConfigError):
         neighbour_graph(ids, degree, seed)
+    with pytest.raises(ConfigError):
+        neighbours_of(ids, degree, seed, ids[0])
+
+
+def test_neighbours_of_a_non_participant_refused():
+    with pytest.raises(ConfigError, match="not a participant"):
+        neighbours_of([1, 2, 3, 4, 5], 2, b"\x00" * 32, 9)
 
 
 def test_threshold_is_majority_of_the_neighbourhood():

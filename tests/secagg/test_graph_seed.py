@@ -19,13 +19,7 @@ from securefvpa.errors import ConfigError, ProtocolAbort
 from securefvpa.secagg import ClientPhase, ServerPhase
 from securefvpa.secagg.client import MAX_INSTANCES_PER_INPUT, admit_instance
 from securefvpa.secagg.graph import neighbour_graph
-from securefvpa.secagg.messages import (
-    RevealSeedReply,
-    RevealSeedRequest,
-    SeedCommitment,
-    SeedReveal,
-    parse,
-)
+from securefvpa.secagg.messages import RevealSeedReply, RevealSeedRequest, parse
 
 from .conftest import Harness, assert_aborts, drive, ring_sum, run_until
 
@@ -35,12 +29,32 @@ def g() -> Harness:
     return Harness(n=10, d=4, degree=4, seed="seed-attack")  # m = 5, t = 3
 
 
+def _split(ids: tuple[int, ...], column: bytes) -> dict[int, bytes]:
+    return {v: column[32 * i : 32 * i + 32] for i, v in enumerate(ids)}
+
+
+def _join(entries: dict[int, bytes]) -> tuple[tuple[int, ...], bytes]:
+    ids = tuple(sorted(entries))
+    return ids, b"".join(entries[v] for v in ids)
+
+
+def _with_reveals(req, entries: dict[int, bytes]):
+    ids, column = _join(entries)
+    return replace(req, revealed=ids, reveals=column)
+
+
+def _with_commitments(req, entries: dict[int, bytes]):
+    ids, column = _join(entries)
+    return replace(req, committed=ids, commitments=column)
+
+
 def _independent_seed(context: bytes, reveals: dict[int, bytes]) -> bytes:
     """The seed computed from its definition, not with the code under test."""
+    ids = sorted(reveals)
     h = hashlib.sha256(b"securefvpa/secagg/v1/graph-seed|" + context)
-    h.update(struct.pack(">Q", len(reveals)))
-    for node in sorted(reveals):
-        h.update(struct.pack(">Q", node) + reveals[node])
+    h.update(struct.pack(f">Q{len(ids)}Q", len(ids), *ids))
+    for node in ids:
+        h.update(reveals[node])
     return h.digest()
 
 
@@ -97,10 +111,9 @@ def test_forged_reveal_refused(g):
     server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS)
     victim, other = g.ids[0], g.ids[5]
     req = parse(out[victim])
-    reveals = tuple(
-        SeedReveal(r.node_id, b"\x42" * 32) if r.node_id == other else r for r in req.reveals
-    )
-    assert_aborts(clients[victim], replace(req, reveals=reveals).to_bytes(), "do not open")
+    reveals = _split(req.revealed, req.reveals)
+    reveals[other] = b"\x42" * 32
+    assert_aborts(clients[victim], _with_reveals(req, reveals).to_bytes(), "do not open")
 
 
 @pytest.mark.parametrize("change", ["shrink", "grow"])
@@ -112,15 +125,13 @@ def test_u1_changed_after_the_reveal_refused(g, change):
     server, clients, _, out = run_until(g, ServerPhase.SHARE_KEYS, drop=drop)
     victim = g.ids[0]
     req = parse(out[victim])
+    reveals = _split(req.revealed, req.reveals)
     if change == "shrink":
-        gone = next(r.node_id for r in req.reveals if r.node_id not in server.holders[victim])
-        reveals = tuple(r for r in req.reveals if r.node_id != gone)
+        del reveals[next(v for v in reveals if v not in server.holders[victim])]
     else:  # the server's own contribution for a node that never advertised
-        assert late not in {r.node_id for r in req.reveals}
-        reveals = tuple(
-            sorted((*req.reveals, SeedReveal(late, b"\x07" * 32)), key=lambda r: r.node_id)
-        )
-    assert_aborts(clients[victim], replace(req, reveals=reveals).to_bytes(), "do not open")
+        assert late not in reveals
+        reveals[late] = b"\x07" * 32
+    assert_aborts(clients[victim], _with_reveals(req, reveals).to_bytes(), "do not open")
 
 
 def test_second_reveal_request_refused_after_revealing(g):
@@ -128,12 +139,9 @@ def test_second_reveal_request_refused_after_revealing(g):
     victim = g.ids[0]
     req = parse(out[victim])
     clients[victim].handle(out[victim])
-    smaller = replace(
-        req,
-        commitments=req.commitments[1:]
-        if req.commitments[0].node_id != victim
-        else req.commitments[:-1],
-    )
+    commitments = _split(req.committed, req.commitments)
+    del commitments[g.ids[1]]
+    smaller = _with_commitments(req, commitments)
     assert_aborts(clients[victim], smaller.to_bytes(), "expected a ShareKeysRequest")
 
 
@@ -142,15 +150,13 @@ def test_own_commitment_altered_or_omitted_refused(g, change):
     server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
     victim = g.ids[1]
     req = parse(out[victim])
+    commitments = _split(req.committed, req.commitments)
     if change == "altered":
-        entries = tuple(
-            SeedCommitment(c.node_id, b"\x00" * 32) if c.node_id == victim else c
-            for c in req.commitments
-        )
+        commitments[victim] = b"\x00" * 32
     else:
-        entries = tuple(c for c in req.commitments if c.node_id != victim)
+        del commitments[victim]
     assert_aborts(
-        clients[victim], replace(req, commitments=entries).to_bytes(), "omitted or altered"
+        clients[victim], _with_commitments(req, commitments).to_bytes(), "omitted or altered"
     )
 
 
@@ -158,16 +164,14 @@ def test_commitments_of_non_participants_or_too_few_refused(g):
     server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
     victim = g.ids[1]
     req = parse(out[victim])
-    sybil = tuple(
-        sorted((*req.commitments, SeedCommitment(424242, b"\x01" * 32)), key=lambda c: c.node_id)
-    )
-    assert_aborts(
-        clients[victim], replace(req, commitments=sybil).to_bytes(), "outside the participant"
-    )
+    commitments = _split(req.committed, req.commitments)
+    sybil = _with_commitments(req, {**commitments, 424242: b"\x01" * 32})
+    assert_aborts(clients[victim], sybil.to_bytes(), "outside the participant")
     server, clients, _, out = run_until(g, ServerPhase.REVEAL_SEED)
     req = parse(out[victim])
-    few = tuple(c for c in req.commitments if c.node_id == victim or c.node_id == g.ids[0])
-    assert_aborts(clients[victim], replace(req, commitments=few).to_bytes(), "too few survivors")
+    commitments = _split(req.committed, req.commitments)
+    few = _with_commitments(req, {v: commitments[v] for v in (victim, g.ids[0])})
+    assert_aborts(clients[victim], few.to_bytes(), "too few survivors")
 
 
 def test_advert_with_another_commitment_refused(g):
@@ -187,7 +191,7 @@ def test_reveals_in_a_complete_graph_round_refused():
     server, clients, _, out = run_until(h, ServerPhase.SHARE_KEYS)
     victim = h.ids[0]
     req = parse(out[victim])
-    evil = replace(req, reveals=(SeedReveal(h.ids[1], b"\x01" * 32),))
+    evil = _with_reveals(req, {h.ids[1]: b"\x01" * 32})
     assert_aborts(clients[victim], evil.to_bytes(), "complete-graph round")
 
 

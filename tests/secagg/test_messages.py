@@ -20,9 +20,8 @@ from securefvpa.secagg.messages import (
     MalformedMessage,
     MaskedInputReply,
     MessageType,
+    RevealSeedRequest,
     SealedShare,
-    SeedCommitment,
-    SeedReveal,
     ShareKeysRequest,
     UnmaskRequest,
     parse,
@@ -152,8 +151,6 @@ def test_unsorted_or_duplicate_ids_refused():
         lambda: KeyAdvert(-1, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
         lambda: KeyAdvert(True, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32, b"\x00" * 64),
         lambda: KeyAdvert(1, b"\x00" * 32, b"\x00" * 32, "00" * 32, b"\x00" * 64),
-        lambda: SeedCommitment(1, b"\x00" * 33),
-        lambda: SeedReveal(1.0, b"\x00" * 32),
         lambda: SealedShare(1, b"\x00" * (CIPHERTEXT_BYTES + 1)),
         lambda: SealedShare(2**64, b"\x00" * CIPHERTEXT_BYTES),
         lambda: MaskedInputReply(
@@ -218,8 +215,20 @@ def test_unsorted_or_duplicate_ids_refused():
             session_id=b"\x00" * 32,
             round_id=0,
             node_id=1,
-            reveals=(SeedReveal(2, b"\x00" * 32), SeedReveal(1, b"\x00" * 32)),
+            revealed=(2, 1),
+            reveals=b"\x00" * 64,
             adverts=(),
+        ),
+        lambda: ShareKeysRequest(
+            session_id=b"\x00" * 32,
+            round_id=0,
+            node_id=1,
+            revealed=(1, 2),
+            reveals=b"\x00" * 63,  # not 32 bytes per listed node
+            adverts=(),
+        ),
+        lambda: RevealSeedRequest(
+            session_id=b"\x00" * 32, round_id=0, node_id=1, committed=(1,), commitments="00" * 32
         ),
     ],
 )

@@ -199,14 +199,14 @@ def test_seed_commitment_and_graph_seed_layouts_are_independent_hashes():
     c5 = seed_commitment(ctx, 5, r5)
     assert c5 == hashlib.sha256(label + b"seed-commit|" + ctx + struct.pack(">Q", 5) + r5).digest()
     c9 = seed_commitment(ctx, 9, r9)
-    body = struct.pack(">Q", 2) + struct.pack(">Q", 5) + c5 + struct.pack(">Q", 9) + c9
+    body = struct.pack(">QQQ", 2, 5, 9) + c5 + c9
     assert (
-        commitment_digest(ctx, [(5, c5), (9, c9)])
+        commitment_digest(ctx, (5, 9), c5 + c9)
         == hashlib.sha256(label + b"commitments|" + ctx + body).digest()
     )
-    body = struct.pack(">Q", 2) + struct.pack(">Q", 5) + r5 + struct.pack(">Q", 9) + r9
+    body = struct.pack(">QQQ", 2, 5, 9) + r5 + r9
     assert (
-        derive_graph_seed(ctx, [(5, r5), (9, r9)])
+        derive_graph_seed(ctx, (5, 9), r5 + r9)
         == hashlib.sha256(label + b"graph-seed|" + ctx + body).digest()
     )
     # the parameter context (no seed yet) is the round context with an empty, length-0 seed
@@ -221,9 +221,9 @@ def test_seed_commitment_and_graph_seed_layouts_are_independent_hashes():
     "call",
     [
         lambda: seed_commitment(b"c", 1, b"\x00" * 31),
-        lambda: derive_graph_seed(b"c", [(2, b"\x00" * 32), (1, b"\x00" * 32)]),
-        lambda: derive_graph_seed(b"c", [(1, b"\x00" * 32), (1, b"\x00" * 32)]),
-        lambda: commitment_digest(b"c", [(1, b"\x00" * 31)]),
+        lambda: derive_graph_seed(b"c", (2, 1), b"\x00" * 64),
+        lambda: derive_graph_seed(b"c", (1, 1), b"\x00" * 64),
+        lambda: commitment_digest(b"c", (1,), b"\x00" * 31),
     ],
 )
 def test_seed_helpers_refuse_malformed_input(call):
