@@ -96,10 +96,11 @@ class DataConfig:
         )
         if self.source == "jsonl":
             _check(bool(self.path), "data.path", self.path, "name a JSONL file when source='jsonl'")
-        if self.source == "polis" and self.conversations:
-            from securefvpa.data.polis import select_conversations  # numpy only, no torch
-
-            select_conversations(self.conversations)
+        if len(set(self.conversations)) != len(self.conversations):
+            dup = next(n for n in self.conversations if self.conversations.count(n) > 1)
+            raise ConfigError(f"data.conversations names {dup!r} twice")
+        # Unknown conversation names are refused by the loader (data.polis.select_conversations)
+        # when the data is read, before anything trains: config.py stays on the ground floor.
 
     def effective_min_pairs_per_user(self) -> int:
         return self.min_pairs_per_user or self.heldout_pairs + 1

@@ -9,12 +9,16 @@ with ``--node-config "node-config='…/nodes/node_N.toml'"`` by their operators
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +46,60 @@ def flower_env(run_dir: RunDir) -> dict[str, str]:
     }
 
 
+RUN_MARK = "SECUREFVPA_RUN_MARK"  # inherited by every Ray/Flower process a simulation starts
+
+
+def run_mark(run_dir: RunDir) -> str:
+    """A marker for the processes of ``run_dir``'s simulation (stable across attempts)."""
+    return hashlib.sha256(str(run_dir.root.resolve()).encode()).hexdigest()[:32]
+
+
+def _processes_marked(mark: str) -> list[int]:
+    needle = f"{RUN_MARK}={mark}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            env = (proc / "environ").read_bytes()
+        except OSError:  # gone, or another user's process
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(proc.name))
+    return found
+
+
+def stop_leftover_processes(run_dir: RunDir, *, grace_s: float = 5.0) -> list[int]:
+    """Stop processes an earlier, killed attempt of this run left behind (Ray's agents outlive a
+    SIGKILLed driver): every process carrying this run's marker, SIGTERM then SIGKILL."""
+    pids = _processes_marked(run_mark(run_dir))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _processes_marked(run_mark(run_dir)):
+        time.sleep(0.1)
+    for pid in _processes_marked(run_mark(run_dir)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if pids:
+        log.warning(
+            "stopped %d process(es) left by an earlier, interrupted attempt of this run: %s",
+            len(pids),
+            pids,
+        )
+    return pids
+
+
 def run_simulation_mode(
     cfg: RunConfig, run_dir: RunDir, *, resume: bool, client_app: Any = None
 ) -> dict[str, Any]:
     """Run every round in Flower's simulation engine (Ray backend), in this process; returns
-    the metrics the ServerApp wrote to ``metrics.json``."""
-    os.environ.update(flower_env(run_dir))
+    the metrics the ServerApp wrote to ``metrics.json``. Processes a killed earlier attempt of
+    the same run left behind are stopped first; every process this one starts carries the
+    run's marker so that a later attempt can do the same."""
+    stop_leftover_processes(run_dir)
+    os.environ.update(flower_env(run_dir) | {RUN_MARK: run_mark(run_dir)})
     from flwr.simulation import run_simulation
 
     from securefvpa.fl.client_app import make_client_app

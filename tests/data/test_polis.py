@@ -20,7 +20,7 @@ import pytest
 from securefvpa.config import config_from_dict
 from securefvpa.data import polis
 from securefvpa.data.dataset import EmbeddedPairs
-from securefvpa.data.load import load_dataset
+from securefvpa.data.load import build_records, load_dataset
 from securefvpa.data.polis import load_polis, load_polis_with_stats, read_conversation
 from securefvpa.data.records import PreferenceRecord
 from securefvpa.data.split import split_users, user_folds
@@ -401,12 +401,18 @@ def test_conversation_filter_and_unknown_names(folder: tuple[Path, dict[str, str
     with pytest.raises(ConfigError, match="names 'beta' twice"):
         load_polis(root, pairs_per_user=4, seed=0, conversations=["beta", "beta"],
                    digests=digests)
-    # through the config: the published names, checked when the config is validated
+    # through the config: the published names, checked by the loader when the run reads its
+    # data (before anything trains); config.py stays on the ground floor and checks repeats
     cfg = config_from_dict({"data": {"source": "polis", "conversations": ["brexit-consensus"]}})
     assert cfg.data.conversations == ("brexit-consensus",)
+    bad = config_from_dict(
+        {"data": {"source": "polis", "path": str(root), "conversations": ["brexit"]}}
+    )
     with pytest.raises(ConfigError, match=r"unknown Polis conversation 'brexit'; known: "
                                           r"\['15-per-hour-seattle', .*'scoop-hivemind\.ubi'\]"):
-        config_from_dict({"data": {"source": "polis", "conversations": ["brexit"]}})
+        build_records(bad)
+    with pytest.raises(ConfigError, match="names 'ubi' twice"):
+        config_from_dict({"data": {"source": "polis", "conversations": ["ubi", "ubi"]}})
     with pytest.raises(ConfigError, match=r"data\.conversations must be an array. Found 'ubi'"):
         config_from_dict({"data": {"source": "polis", "conversations": "ubi"}})
     with pytest.raises(ConfigError, match=r"data\.conversations\[1\] must be a string. Found 3"):
