@@ -47,9 +47,14 @@ Contract (units never change meaning):
   taken order by order as the minimum with the unsampled ``eps(a)`` (sampling cannot hurt: joint
   quasi-convexity again). Orders are the integers 2..256.
 * ``replace_one`` with ``q < 1``: the weak triangle inequality over a removal and an addition
-  (Mironov 2017, Prop. 11), exactly as :mod:`securefvpa.privacy.rdp_replace` does for the
-  Gaussian: ``eps_R(a) <= (a - 1/2)/(a - 1) rho(2a) + rho(2a - 1)`` with ``rho`` the subsampled
-  add/remove curve above, minimum with the unsampled curve at sensitivity ``(2 D2, 2 D1)``.
+  (Mironov 2017, Prop. 11), as :mod:`securefvpa.privacy.rdp_replace` does for the Gaussian:
+  ``D_a(P||Q) <= (a - 1/2)/(a - 1) D_2a(P||R) + D_{2a-1}(R||Q)`` with ``R`` the output without
+  the unit. ``P||R`` is the *forward* direction ``D((1-q) A + q B || A)``, for which the binomial
+  expansion of ``E_A[(1 - q + q B/A)^a]`` is exact for any ``B`` (Mironov, Talwar & Zhang 2019,
+  Sec. 3): ``(a-1) D = log sum_l C(a,l) (1-q)^(a-l) q^l e^{(l-1) D_l(B||A)}``, monotone in each
+  ``D_l <= eps(l)`` (:func:`poisson_forward_rdp`); ``R||Q`` is the reverse direction, bounded by
+  Zhu & Wang above. Minimum with the unsampled curve at sensitivity ``(2 D2, 2 D1)``. (Using Zhu &
+  Wang for both terms costs ~50 % more noise at epsilon 8, q 0.1, 150 rounds.)
 * Composition over rounds adds RDP curves order by order; (epsilon, delta) by dp-accounting's
   ``compute_epsilon`` (Canonne, Kamath & Steinke 2020, Prop. 12 conversion).
 
@@ -234,6 +239,30 @@ def poisson_subsampled_rdp(
     return np.minimum(_zhu_wang(base[: int(ords.max()) - 1], q, ords), unsampled)
 
 
+def poisson_forward_rdp(
+    *, base_rdp: np.ndarray, sample_rate: float, orders: Sequence[int]
+) -> np.ndarray:
+    """``D_a((1-q) A + q B || A)`` bound over ``orders`` (the removal direction only).
+
+    Exact binomial expansion (module docstring) with ``D_l(B||A) <= base_rdp[l - 2]``; minimum
+    with the unsampled curve. NOT a bound on the other direction (use
+    :func:`poisson_subsampled_rdp` for add/remove).
+    """
+    ords = np.asarray(_check_orders(orders), dtype=np.int64)
+    q = _real("sample_rate", sample_rate)
+    if not 0.0 < q <= 1.0:
+        raise AccountingError(f"sample_rate must be in (0, 1]. Found {sample_rate!r}.")
+    base = np.asarray(base_rdp, dtype=np.float64)
+    if base.ndim != 1 or base.size < int(ords.max()) - 1:
+        raise AccountingError(
+            f"base_rdp must cover every order 2..{int(ords.max())}. Found shape {base.shape}."
+        )
+    unsampled = base[ords - 2]
+    if q == 1.0:
+        return unsampled.copy()
+    return np.minimum(_zhu_wang(base[: int(ords.max()) - 1], q, ords, coeff=1.0), unsampled)
+
+
 @dataclass(frozen=True)
 class DdgRound:
     """The privacy parameters of one distributed round of one client (see module contract).
@@ -330,11 +359,11 @@ def _round_rdp_cached(r: DdgRound, orders: tuple[int, ...]) -> np.ndarray:
             out = unsampled
         else:
             base = _unsampled(r, range(2, 2 * max_order + 1), 1.0)
-            rho = poisson_subsampled_rdp(
-                base_rdp=base, sample_rate=r.sample_rate, orders=range(2, 2 * max_order + 1)
-            )
+            wide = range(2, 2 * max_order + 1)
+            forward = poisson_forward_rdp(base_rdp=base, sample_rate=r.sample_rate, orders=wide)
+            both = poisson_subsampled_rdp(base_rdp=base, sample_rate=r.sample_rate, orders=wide)
             ords = np.asarray(orders, dtype=np.int64)
-            triangle = (a - 0.5) / (a - 1.0) * rho[2 * ords - 2] + rho[2 * ords - 3]
+            triangle = (a - 0.5) / (a - 1.0) * forward[2 * ords - 2] + both[2 * ords - 3]
             out = np.minimum(triangle, unsampled)
     out = np.asarray(out, dtype=np.float64)
     out.setflags(write=False)

@@ -20,6 +20,7 @@ from scipy.special import logsumexp
 
 from securefvpa.errors import AccountingError
 from securefvpa.privacy import ddg
+from securefvpa.privacy.events import neighboring_relation
 
 BETA = math.exp(-0.5)
 
@@ -83,6 +84,54 @@ def _check_zhu_wang_order(base: np.ndarray, q: float, a: int) -> None:
     assert ours[a - 2] == pytest.approx(expected, rel=1e-10), (q, a)
     if (q, a) in ((0.7, 3), (0.9, 8)):  # here the unsampled curve is smaller: the minimum matters
         assert expected == base[a - 2]
+
+
+def test_subsampled_bounds_are_above_the_exact_gaussian_accountants():
+    """Soundness sanity where the truth is known: our subsampling constructions applied to the
+    continuous Gaussian's curve a / (2 z^2) are never below dp-accounting's PLD epsilon for the
+    Poisson-sampled Gaussian, under add/remove and (via the weak triangle) replace-one."""
+    orders = np.array(ddg.DEFAULT_ORDERS)
+    a = orders.astype(float)
+    wide = np.arange(2, 2 * int(orders.max()) + 1)
+    for q, z, steps in [(0.1, 2.3, 150), (0.3, 4.0, 20)]:
+        base = wide / (2 * z * z)
+        rho = ddg.poisson_subsampled_rdp(base_rdp=base, sample_rate=q, orders=wide)
+        fwd = ddg.poisson_forward_rdp(base_rdp=base, sample_rate=q, orders=wide)
+        curves = {
+            "add_remove_one": rho[orders - 2],
+            "replace_one": np.minimum(
+                (a - 0.5) / (a - 1) * fwd[2 * orders - 2] + rho[2 * orders - 3],
+                4 * orders / (2 * z * z),
+            ),
+        }
+        for relation, curve in curves.items():
+            ours = rdp_lib.compute_epsilon(list(orders), list(steps * curve), 1e-5)[0]
+            acc = dp_accounting.pld.PLDAccountant(neighboring_relation(relation))
+            acc.compose(
+                dp_accounting.SelfComposedDpEvent(
+                    dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
+                )
+            )
+            assert ours >= acc.get_epsilon(1e-5), (q, z, relation)
+
+
+def test_subsampled_discrete_gaussian_is_above_the_library_pld():
+    """h = 1, dim = 1, integer sensitivity, q < 1, add/remove: dp-accounting has this exact
+    mechanism (Poisson-sampled discrete Gaussian PLD); our epsilon is an upper bound of it."""
+    for sigma, q, steps in [(4.0, 0.1, 50), (10.0, 0.02, 300)]:
+        pld = pld_lib.from_discrete_gaussian_mechanism(
+            sigma, sensitivity=1, sampling_prob=q, value_discretization_interval=1e-4
+        ).self_compose(steps)
+        curve = ddg.poisson_subsampled_rdp(
+            base_rdp=ddg.discrete_gaussian_sum_rdp(
+                orders=range(2, 257), l2_sensitivity=1, l1_sensitivity=1, local_sigma=sigma,
+                shares=1, dim=1,
+            ),
+            sample_rate=q,
+            orders=ddg.DEFAULT_ORDERS,
+        )  # fmt: skip
+        ours = rdp_lib.compute_epsilon(list(ddg.DEFAULT_ORDERS), list(steps * curve), 1e-5)[0]
+        assert pld.get_epsilon_for_delta(1e-5) <= ours, (sigma, q)
 
 
 # --- the sum-of-discrete-Gaussians bound ----------------------------------------------------
@@ -324,11 +373,18 @@ def test_replace_one_at_q1_is_the_unsampled_bound_at_twice_the_sensitivity():
         assert np.all(rep <= ddg.round_rdp(make(sample_rate=1.0, relation="replace_one")) + 1e-12)
 
 
-def test_replace_one_is_the_weak_triangle_of_the_add_remove_curve():
+def test_replace_one_is_the_weak_triangle_of_forward_and_add_remove_curves():
+    """eps_R(a) = min(unsampled at 2 D2, (a - 1/2)/(a - 1) fwd(2a) + rho(2a - 1)) with fwd the
+    exact forward (removal) expansion and rho the two-sided add/remove curve. Catches using the
+    forward expansion for the reverse direction (unsound) or swapping the orders."""
     r = make(sample_rate=0.05, relation="replace_one")
     orders = np.array(ddg.DEFAULT_ORDERS)
-    rho = ddg.round_rdp(make(sample_rate=0.05), orders=range(2, 2 * int(orders.max()) + 1))
-    triangle = (orders - 0.5) / (orders - 1) * rho[2 * orders - 2] + rho[2 * orders - 3]
+    wide = range(2, 2 * int(orders.max()) + 1)
+    rho = ddg.round_rdp(make(sample_rate=0.05), orders=wide)
+    base = ddg.round_rdp(make(sample_rate=1.0), orders=wide)
+    fwd = ddg.poisson_forward_rdp(base_rdp=base, sample_rate=0.05, orders=wide)
+    assert np.all(fwd <= rho + 1e-15) and np.any(fwd < rho * 0.99)
+    triangle = (orders - 0.5) / (orders - 1) * fwd[2 * orders - 2] + rho[2 * orders - 3]
     np.testing.assert_allclose(
         ddg.round_rdp(r),
         np.minimum(triangle, ddg.round_rdp(make(sample_rate=1.0, relation="replace_one"))),
