@@ -474,8 +474,8 @@ def read_entries(path: str | os.PathLike[str]) -> tuple[str, list[LedgerEntry]]:
 
     Raises :class:`LedgerError` when ``path`` is missing, a folder or unreadable (bad input, or
     a lock that outlived the busy timeout), and :class:`LedgerCorruptError` when the file is
-    readable but not an intact privacy ledger: SQLite's own consistency check fails (a
-    truncated or byte-flipped file), the tables or meta keys are not a ledger's (an empty file,
+    readable but not an intact privacy ledger: SQLite's integrity check fails (a truncated or
+    byte-flipped file, an index that disagrees with the table), the tables or meta keys are not a ledger's (an empty file,
     another database), or a text field is not UTF-8.
     """
     p = Path(path)
@@ -495,9 +495,11 @@ def read_entries(path: str | os.PathLike[str]) -> tuple[str, list[LedgerEntry]]:
     try:
         conn = _connect(p, read_only=True, busy_timeout_s=60.0)
         try:
-            check = [r[0] for r in conn.execute("PRAGMA quick_check")]
+            # integrity_check, not quick_check: it also proves the entries_client index
+            # matches the table, and the budget guard reads a client's history through it.
+            check = [r[0] for r in conn.execute("PRAGMA integrity_check")]
             if check != ["ok"]:
-                raise corrupt(f"SQLite consistency check failed ({'; '.join(check[:3])})")
+                raise corrupt(f"SQLite integrity check failed ({'; '.join(check[:3])})")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if not {"entries", "meta"} <= tables:
                 missing = sorted({"entries", "meta"} - tables)

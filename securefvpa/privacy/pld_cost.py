@@ -32,12 +32,12 @@ from securefvpa.errors import AccountingError
 from securefvpa.privacy.accountant import DEFAULT_PLD_DISCRETIZATION, check_discretization
 from securefvpa.privacy.events import RELATIONS
 
-# Measured on one core (benchmarks/pld_cost.py, results in benchmarks/results/): building the one-step PMF costs ~10 us per point
-# (connect-the-dots evaluates the privacy loss at every point), the FFT of the composition
-# ~0.1 us per point and 64 bytes. 5e5 one-step points (~5 s) and 4e6 composed points (~0.25
-# GB) keep an answer within seconds.
-DEFAULT_MAX_POINTS = 4_000_000
-DEFAULT_MAX_SINGLE_STEP_POINTS = 500_000
+# Measured on one core (benchmarks/pld_cost.py, results in benchmarks/results/pld_cost.json):
+# building the one-step PMF costs ~10-20 us per point (connect-the-dots evaluates the privacy
+# loss at every point); composing and reading epsilon ~1 us and 64 bytes per composed point and
+# PMF. 2.5e5 one-step and 2e6 composed points keep an answer within a few seconds and ~0.3 GB.
+DEFAULT_MAX_POINTS = 2_000_000
+DEFAULT_MAX_SINGLE_STEP_POINTS = 250_000
 MAX_DISCRETIZATION = 0.1  # the coarsest interval check_discretization accepts
 BYTES_PER_POINT = 64  # complex128 FFT in, power and out, float64 real part and roll
 _COARSE_POINTS = 4_000

@@ -416,7 +416,7 @@ def _headline(summary: dict[str, Any], outcome: dict[str, Any], *, budget: float
     if run_ex_n is not None and run_ex_n != exhausted:
         parts.append(f"the run reported {run_ex_n} exhausted client(s)")
     if summary["epsilon_max"] is not None:
-        parts.append(f"ε max {summary['epsilon_max']:.3g}")
+        parts.append(f"ε max {summary['epsilon_max']:.4g}")
     if stop:
         parts.append(f"training stopped early: {stop}")
     if over:

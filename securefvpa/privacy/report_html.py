@@ -148,9 +148,10 @@ def _plot_over_rounds(report: dict[str, Any]) -> str:
     for i, (name, (ys, color)) in enumerate(curves.items()):
         pts = " ".join(f"{ax.px(float(r)):.1f},{ax.py(float(y)):.1f}" for r, y in zip(rounds, ys))
         body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
+        # legend in the lower right, where cumulative epsilon curves never are
         body.append(
-            f'<text x="{_M["left"] + 10}" y="{_M["top"] + 14 + 15 * i}" '
-            f'fill="{color}">{name} over clients</text>'
+            f'<text x="{_W - _M["right"] - 8}" y="{_H - _M["bottom"] - 50 + 15 * i}" '
+            f'text-anchor="end" fill="{color}">{name} over clients</text>'
         )
     return _svg(body, "epsilon over rounds: min, median and max over clients")
 
@@ -298,7 +299,7 @@ def _secure_aggregation(report: dict[str, Any]) -> str:
         )
     s = sa["summary"]
     rng = (
-        f"{s['participants_min']}"
+        s["participants_min"]
         if s["participants_min"] == s["participants_max"]
         else f"{s['participants_min']}–{s['participants_max']}"
     )
@@ -447,7 +448,10 @@ def render_html(report: dict[str, Any]) -> str:
         client_rows,
         ("client", "rounds", "declined", "re-run", "ε PLD", "ε RDP", "σ", "q", "steps", "status"),
     )
-    notes = "".join(f'<li>{_e(n)}</li>' for n in report.get("notes", []))
+    # the RDP note is shown where the numbers are (accounting); the others under the headline
+    notes = "".join(
+        f"<li>{_e(n)}</li>" for n in report.get("notes", []) if not n.startswith("The RDP value")
+    )
     software = _table(
         [(k, v or "not installed") for k, v in report["software"].items()], ("package", "version")
     )

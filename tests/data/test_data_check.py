@@ -33,17 +33,20 @@ def test_data_check_refuses_an_empty_file(tmp_path, capsys, text):
     assert "empty.jsonl" in err and "no records" in err
 
 
-LONG = " ".join(f"word{i}" for i in range(400))  # far more than 16 tokens
+LONG = " ".join(f"word{i}" for i in range(400))  # far more than 256 tokens
+MID = " ".join(f"w{i}" for i in range(30))  # more than 16 tokens, far fewer than 256
 
 
 def test_data_check_reports_degenerate_pairs_by_pair_id(tmp_path, capsys):
     """Mutants caught: no whitespace normalisation (p-ws passes), right instead of left
-    truncation or no tokenisation (p-trunc passes), a check that flags honest pairs (p-ok)."""
+    truncation or no tokenisation (p-trunc passes), the config's max_tokens ignored (p-mid
+    passes), a check that flags honest pairs (p-ok, p-head)."""
     recs = [
         _rec("p-ok", "Sure, here you go.", "No."),
         _rec("p-ws", "Hello   there,\n friend", " Hello there, friend\t"),
         _rec("p-trunc", "Yes! " + LONG, "Absolutely not. " + LONG),
         _rec("p-head", LONG + " yes", LONG + " no"),  # differs at the end: kept by truncation
+        _rec("p-mid", "Yes! " + MID, "No. " + MID),  # a tie at 16 tokens, not at 256
     ]
     p = tmp_path / "pairs.jsonl"
     write_records(p, recs)
@@ -52,13 +55,13 @@ def test_data_check_reports_degenerate_pairs_by_pair_id(tmp_path, capsys):
     assert main(["data", "check", str(p), "--config", str(cfg)]) == 2
     cap = capsys.readouterr()
     assert "p-ws" in cap.err and "whitespace" in cap.err
-    assert "p-trunc" in cap.err and "max_tokens=16" in cap.err
+    assert "p-trunc" in cap.err and "p-mid" in cap.err and "max_tokens=16" in cap.err
     assert "p-ok" not in cap.err and "p-head" not in cap.err
-    # with the default max_tokens (256) p-trunc's 400 shared words are still enough to tie
+    # with the default max_tokens (256) p-trunc's 400 shared words still tie, p-mid does not
     result = check_records(recs, max_tokens=256)
     assert result.whitespace_identical == ["p-ws"]
     assert result.truncation_identical == ["p-trunc"]
-    assert check_records(recs[:1] + recs[3:], max_tokens=16).ok
+    assert check_records([recs[0], recs[3]], max_tokens=16).ok
 
 
 def test_data_check_passes_a_clean_file_and_summarises_it(tmp_path, capsys):

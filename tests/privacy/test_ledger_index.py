@@ -104,3 +104,26 @@ def test_ledger_written_before_the_index_opens_verifies_and_answers(tmp_path):
         assert full and all(led.events_for_client(c) == evs for c, evs in full.items())
     after = verify(p)
     assert after.ok and after.head_hash == before.head_hash
+
+
+def test_an_index_that_hides_a_spend_is_caught_by_verify(tmp_path):
+    """The index is not hashed: an edited index entry moves a spend out of a client's indexed
+    history. Mutant caught: verify with PRAGMA quick_check (it does not compare index and
+    table, so this ledger verified OK)."""
+    p = tmp_path / "l.sqlite"
+    _fill(p)
+    conn = sqlite3.connect(p)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'entries_client'"
+    ).fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(p.read_bytes())
+    page = (root - 1) * size
+    hit = data.find(b"bdp_sgd", page, page + size)  # an index record (client_id 'b', kind)
+    assert hit > 0
+    data[hit] = ord("c")
+    p.write_bytes(bytes(data))
+    res = verify(p)
+    assert not res.ok and "missing from index" in res.reason

@@ -18,6 +18,7 @@ from securefvpa.privacy.report import (
     build_report,
     validate_report,
     verify_report,
+    wilson_interval,
     write_report,
 )
 from securefvpa.privacy.report_html import render_html
@@ -142,7 +143,8 @@ def test_html_has_every_audit_section_and_its_numbers_match_the_json(private_run
     acc = _section(page, "accounting")
     eps_rdp = rep["summary"]["epsilon_rdp_max"]
     assert eps_rdp > rep["accounting"]["budget_epsilon"]
-    assert "looser" in acc and "cross-check" in acc and f"{eps_rdp:.3g}" in acc
+    assert f"The RDP value ({eps_rdp:.3g}) exceeds the budget" in acc
+    assert "looser cross-check" in acc and "not the accounted ε" in acc
     verify = _section(page, "verify")
     assert "securefvpa ledger verify" in verify and "securefvpa report verify" in verify
 
@@ -213,3 +215,13 @@ def test_unknown_report_version_is_refused_with_a_clear_message(tmp_path):
                         tmp_path / "v1" / "privacy_ledger.sqlite")
     assert not res.ok
     assert "schema_version 99" in res.mismatches[0] and "1 or 2" in res.mismatches[0]
+
+
+def test_wilson_interval_reference_values():
+    """Wilson (1927) score interval; reference values as statsmodels' proportion_confint(...,
+    method="wilson") gives them. Mutant caught: a normal-approximation or shifted interval."""
+    lo, hi = wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4038315, abs=1e-6) and hi == pytest.approx(0.5961685, abs=1e-6)
+    lo, hi = wilson_interval(0.9, 10)
+    assert lo == pytest.approx(0.5958500, abs=1e-6) and hi == pytest.approx(0.9821237, abs=1e-6)
+    assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(0.0, 20)[0] == 0.0
