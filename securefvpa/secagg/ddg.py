@@ -51,25 +51,32 @@ deterministic), ``A_j`` the rotated scaled signal, ``sum(H_jk D_k G_k)/gamma`` w
 (Hoeffding), and ``Z_j``, a sum of ``m`` discrete Gaussians, is ``m sigma^2``-subgaussian (CKS20:
 the discrete Gaussian is sigma^2-subgaussian). Also ``|A_j + E_j| <= N D2`` always. The sum wraps
 iff ``|.| >= 2^(bits-1)``; a union bound over ``padded_dim`` coordinates gives the probability
-bound. It assumes the inputs do not depend on the round's rotation seed (true for honest
-gradients; a malicious client can always corrupt the sum, DP does not depend on it).
+bound (``tests/secagg/test_ddg.py::test_wrap_rate_stays_below_the_bound_under_worst_case_inputs``:
+7 wraps in 3,000 worst-case rounds at a bound of 0.05). It assumes the inputs do not depend on
+the round's rotation seed (true for honest gradients; a malicious client can always corrupt the
+sum, DP does not depend on it).
 
 Exact discrete Gaussian (:func:`sample_discrete_gaussian`): Canonne, Kamath & Steinke 2020,
-"The Discrete Gaussian for Differential Privacy" (NeurIPS), Algorithm 3: ``Y`` discrete Laplace
-with ``t = floor(sigma) + 1`` accepted with probability ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``.
-Written by hand (not OpenDP) for speed: OpenDP 0.16's exact sampler runs ~6-9e4 coordinates/s on
-our 2 cores with Python lists in and out, far too slow for 1e5-1e6 coordinates per client per
-round (``benchmarks/ddg.py`` measures both); ours is vectorised. Exactness: every Bernoulli is a
-comparison ``U < exp(-x)`` with ``U`` a uniform drawn bit by bit (53 bits first) and ``x``
-rational (``sigma^2`` is the exact rational value of the float ``sigma``). numpy decides the
-comparison in float64 only when ``U``'s interval is farther than a relative margin ``2^-32`` from
-``exp(-x)`` (float64 error here is below ``2^-44``); otherwise (probability ~``2^-31`` per
-comparison) the comparison is finished exactly: more bits of ``U`` against rational brackets of
-``exp(-x)`` from its alternating Taylor series (:func:`_exp_neg_bracket`). The discrete Laplace
-uses ``X = max{x >= 0 : U < exp(-x/t)}`` (geometric with ratio ``exp(-1/t)``, CKS20 Alg. 2's
-distribution) and a sign bit, rejecting "-0". Randomness: AES-256-CTR keystream under a fresh
-32-byte key from ``random_bytes`` (``os.urandom`` in production), as everywhere in secagg.
-Tested against the exact pmf and OpenDP (``tests/secagg/test_ddg.py``).
+"The Discrete Gaussian for Differential Privacy" (NeurIPS), Algorithms 2-3: ``Y`` discrete Laplace
+with ``t = floor(sigma) + 1`` accepted with probability ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``;
+``|Y| = U + t V`` with ``U`` uniform on {0..t-1} (64-bit words, rejection above the largest
+multiple of ``t``) kept with probability ``exp(-U/t)``, ``V`` geometric with ``P(V >= v) = e^-v``,
+a sign bit, and "-0" rejected. Written by hand (not OpenDP) for speed: OpenDP 0.16's exact sampler
+runs 4e4-9e4 coordinates/s here (Python lists in and out), ours 7e6-1e7 (vectorised numpy;
+``benchmarks/ddg.py``, ``benchmarks/results/ddg.json``); a client needs 1e5-1e6 per round.
+Exactness: every Bernoulli is a comparison ``U' < exp(-x)`` with ``U'`` a uniform known bit by bit
+(53 bits first) and ``x`` rational (``sigma^2`` is the exact rational value of the float
+``sigma``). numpy decides a comparison in float64 only when ``U'``'s interval is farther than a
+relative margin ``2^-32`` from ``exp(-x)`` (float64 error here is below ``2^-44``,
+``tests/secagg/test_ddg.py::test_float_fast_path_error_is_far_inside_the_margin``); otherwise
+(probability ~``2^-31`` per comparison) it is finished exactly: more bits of ``U'`` against integer
+fixed-point brackets of ``exp(-x)`` from its alternating Taylor series (:func:`_exp_neg_bracket`,
+``test_exact_comparisons_agree_with_high_precision_truth``). Randomness: AES-256-CTR keystream
+under a fresh 32-byte key from ``random_bytes`` (``os.urandom`` in production), as everywhere in
+secagg. Distribution tested against the exact pmf and OpenDP
+(``test_sampler_matches_the_exact_pmf``, ``test_sampler_matches_opendp``,
+``test_exact_fallback_path_is_exact``). Not constant-time: the number of rejections (and so the
+running time) varies; only the summed ring vector leaves the client.
 """
 
 from __future__ import annotations
