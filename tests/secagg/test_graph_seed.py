@@ -20,6 +20,7 @@ from securefvpa.secagg import ClientPhase, ServerPhase
 from securefvpa.secagg.client import MAX_INSTANCES_PER_INPUT, admit_instance
 from securefvpa.secagg.graph import neighbour_graph
 from securefvpa.secagg.messages import RevealSeedReply, RevealSeedRequest, parse
+from securefvpa.secagg.primitives import derive_graph_seed
 
 from .conftest import Harness, assert_aborts, drive, ring_sum, run_until
 
@@ -252,3 +253,49 @@ def test_client_in_reveal_phase_needs_no_input(g):
     assert isinstance(parse(out[g.ids[0]]), RevealSeedRequest)
     assert isinstance(parse(c.handle(out[g.ids[0]])), RevealSeedReply)
     assert c.phase is ClientPhase.SHARE_KEYS
+
+
+def test_split_u1_views_cannot_complete_a_round_together(g):
+    """A server that shows the victim a different U1 than everyone else gets the victim onto a
+    different seed, hence a different round context: the victim's sealed shares do not open at
+    a neighbour that followed the real U1."""
+    server, clients, inputs, out = run_until(g, ServerPhase.REVEAL_SEED)
+    victim = g.ids[0]
+    req = parse(out[victim])
+    commitments = _split(req.committed, req.commitments)
+    dropped_for_victim = next(v for v in g.ids if v != victim)
+    del commitments[dropped_for_victim]
+    mine = parse(clients[victim].handle(_with_commitments(req, commitments).to_bytes()))
+    for node, r in out.items():
+        if node != victim:
+            server.receive(node, clients[node].handle(r))
+    server.receive(victim, mine.to_bytes())
+    shares = server.advance()  # the server's real view: every reveal, the real seed
+    # the victim's view: U1 without one node, reveals opening exactly that
+    reveals = _split(parse(shares[g.ids[1]]).revealed, parse(shares[g.ids[1]]).reveals)
+    del reveals[dropped_for_victim]
+    ids, column = _join(reveals)
+    own_seed = derive_graph_seed(server.parameter_context, ids, column)
+    assert own_seed != server.graph_seed
+    own_neighbours = neighbour_graph(g.ids, g.degree, own_seed)[victim]
+    common = sorted(own_neighbours & server.neighbours[victim] - {dropped_for_victim})
+    assert common, "the test needs a neighbour in both views"
+    adverts = tuple(
+        server._adverts[v] for v in sorted(own_neighbours | {victim}) if v in server._adverts
+    )
+    victim_req = replace(parse(shares[victim]), revealed=ids, reveals=column, adverts=adverts)
+    victim_reply = parse(clients[victim].handle(victim_req.to_bytes()))  # accepted: consistent view
+    for node in g.ids[1:]:
+        if node in shares:
+            server.receive(node, clients[node].handle(shares[node]))
+    masked = server.advance()
+    v = common[0]
+    relayed = next(s for s in victim_reply.shares if s.peer_id == v)
+    v_req = parse(masked[v])
+    forged = replace(
+        v_req,
+        shares=tuple(
+            sorted((*v_req.shares, replace(relayed, peer_id=victim)), key=lambda s: s.peer_id)
+        ),
+    )
+    assert_aborts(clients[v], forged.to_bytes(), "authentication", input_vector=inputs[v])
