@@ -32,7 +32,15 @@ from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.errors import ConfigError, DataError
 from securefvpa.models.batch import MODEL_INPUTS, EpisodeBatch
 
-__all__ = ["MODEL_INPUTS", "Episode", "EpisodeBatch", "collate", "eval_batch", "partition_episodes"]
+__all__ = [
+    "MODEL_INPUTS",
+    "Episode",
+    "EpisodeBatch",
+    "collate",
+    "eval_batch",
+    "partition_episodes",
+    "user_episodes",
+]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -91,6 +99,48 @@ def partition_episodes(
                     type_index=int(user.type_index),
                 )
             )
+    return episodes
+
+
+def user_episodes(
+    pairs: EmbeddedPairs,
+    users: Sequence[UserData],
+    *,
+    context_pairs: int,
+    target_pairs: int,
+    rng: np.random.Generator,
+) -> list[Episode]:
+    """One episode per user with train pairs: the privacy unit of ``privacy.unit = "user"``.
+
+    Each user's episode is a uniformly random subset of at most ``E = context_pairs +
+    target_pairs`` of its train rows (the cap), split into context and targets as in
+    :func:`partition_episodes`. A user's whole profile therefore enters a step through exactly
+    one episode, so one clipped per-episode gradient is one user's contribution.
+    """
+    if context_pairs < 1 or target_pairs < 1:
+        raise ConfigError(
+            f"train.context_pairs and target_pairs must be >= 1. Found {context_pairs!r}, "
+            f"{target_pairs!r}."
+        )
+    size = context_pairs + target_pairs
+    episodes: list[Episode] = []
+    for user in users:
+        rows = np.asarray(user.train_rows, dtype=np.int64)
+        _check_rows(pairs, user, rows)
+        n = rows.shape[0]
+        if n == 0:
+            continue
+        m = min(n, size)
+        chunk = rows[rng.permutation(n)[:m]]
+        n_ctx = 0 if m == 1 else min(max(round(m * context_pairs / size), 1), m - 1)
+        episodes.append(
+            Episode(
+                user=user.user,
+                context=chunk[:n_ctx],
+                targets=chunk[n_ctx:],
+                type_index=int(user.type_index),
+            )
+        )
     return episodes
 
 

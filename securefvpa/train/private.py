@@ -42,7 +42,7 @@ from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.errors import ConfigError, ModelError
 from securefvpa.privacy.plan import DPSettings
 from securefvpa.train import csprng
-from securefvpa.train.episodes import collate, partition_episodes
+from securefvpa.train.episodes import collate, partition_episodes, user_episodes
 from securefvpa.train.loop import apply_schedule, make_optimizer
 
 
@@ -149,6 +149,29 @@ class PrivateStepper:
         self.gsm._close()
 
 
+UNITS = ("pair", "user")
+
+
+def unit_episodes(
+    pairs: EmbeddedPairs,
+    users: tuple[UserData, ...] | list[UserData],
+    *,
+    unit: str,
+    train_cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> list[Any]:
+    """This step's privacy units as episodes: a disjoint partition of the pairs (``"pair"``) or
+    one capped episode per user (``"user"``). Either way one unit is one episode, so one clipped
+    per-episode gradient is one unit's whole contribution to the step."""
+    if unit == "pair":
+        return partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                                  target_pairs=train_cfg.target_pairs, rng=rng)
+    if unit == "user":
+        return user_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                             target_pairs=train_cfg.target_pairs, rng=rng)
+    raise ConfigError(f"privacy.unit must be one of {list(UNITS)}. Found {unit!r}.")
+
+
 def private_train_steps(
     model: torch.nn.Module,
     pairs: EmbeddedPairs,
@@ -161,16 +184,18 @@ def private_train_steps(
     step_offset: int = 0,
     total_steps: int | None = None,
     schedule: bool = True,
+    unit: str = "pair",
 ) -> PrivateStats:
     """Run ``steps`` DP-SGD steps on ``model`` in place; returns statistics, never data.
 
+    ``unit`` is the privacy unit: ``"pair"`` samples the episodes of a disjoint partition of
+    every user's pairs; ``"user"`` samples users, one capped episode each (``unit_episodes``).
     ``rng`` only shuffles pairs into episodes (content-independent, not a secret); the sampling
     coins and the noise come from the CSPRNG.
     """
 
     def episodes_now(r: np.random.Generator) -> list[Any]:
-        return partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
-                                  target_pairs=train_cfg.target_pairs, rng=r)
+        return unit_episodes(pairs, users, unit=unit, train_cfg=train_cfg, rng=r)
 
     n_episodes = len(episodes_now(np.random.default_rng(0)))  # depends on counts only
     if n_episodes == 0:
@@ -200,3 +225,77 @@ def private_train_steps(
         episodes=n_episodes,
         sampled=sampled_total,
     )
+
+
+@dataclass(frozen=True)
+class ClippedUnits:
+    """One distributed-DP step of a client: the clipped gradient of every sampled unit.
+
+    ``grads`` is ``[B, d]`` float64 in the order of ``rounds.encoding.flatten`` (sorted
+    state-dict names; zeros for entries that do not train), each row of L2 norm <= ``clip``
+    (Opacus' rule ``g * min(1, C / (||g|| + 1e-6))``). ``units`` is the Poisson population
+    (units the client holds this step), ``B`` the number sampled.
+    """
+
+    grads: np.ndarray
+    units: int
+
+
+def clipped_unit_gradients(
+    model: torch.nn.Module,
+    pairs: EmbeddedPairs,
+    users: tuple[UserData, ...] | list[UserData],
+    *,
+    unit: str,
+    train_cfg: TrainConfig,
+    dp: DPSettings,
+    rng: np.random.Generator,
+) -> ClippedUnits:
+    """Poisson-sample this client's units (rate ``dp.sample_rate``, CSPRNG coins), and return
+    each sampled unit's clipped gradient — no noise, no parameter change.
+
+    This is the client's part of *distributed* DP-SGD (Kairouz, Liu & Steinke 2021): the noise is
+    added once for the secure sum (discrete-Gaussian shares, ``secagg.ddg``), not per client.
+    Per-unit gradients come from Opacus' ``GradSampleModule`` (the same machinery, and the same
+    clipping rule, as ``DPOptimizer``; ``tests/train/test_private.py`` checks them against a
+    brute-force micro-batch oracle). Ghost clipping never materialises per-unit gradients, so it
+    is refused here.
+    """
+    if dp.grad_sample_mode == "ghost":
+        raise ConfigError(
+            "privacy.grad_sample_mode 'ghost' cannot give per-unit gradients, which distributed "
+            "noise rounds per unit; use 'hooks' or 'functorch'. Found 'ghost'."
+        )
+    episodes = unit_episodes(pairs, users, unit=unit, train_cfg=train_cfg, rng=rng)
+    names = sorted(model.state_dict())
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    width = int(sum(int(np.prod(shapes[k])) for k in names))
+    keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
+    chosen = [e for e, k in zip(episodes, keep) if k]
+    if not chosen:
+        return ClippedUnits(grads=np.zeros((0, width)), units=len(episodes))
+    params = dict(model.named_parameters())
+    gsm = wrap(model, dp.grad_sample_mode)
+    try:
+        gsm.train()
+        gsm.zero_grad(set_to_none=True)
+        per_episode, _ = gsm(**collate(pairs, chosen).inputs())
+        # loss_reduction="mean" (wrap): Opacus rescales, so grad_sample is each episode's own
+        # gradient (the micro-batch oracle test checks it)
+        per_episode.mean().backward()
+        cols = []
+        for k in names:
+            p = params.get(k)
+            if p is not None and p.requires_grad and getattr(p, "grad_sample", None) is not None:
+                cols.append(p.grad_sample.detach().reshape(len(chosen), -1).to(torch.float64))
+            else:
+                cols.append(torch.zeros((len(chosen), int(np.prod(shapes[k]))), dtype=torch.float64))
+        flat = torch.cat(cols, dim=1)
+    finally:
+        for p in model.parameters():
+            p.grad = None
+            if hasattr(p, "grad_sample"):
+                p.grad_sample = None
+        gsm._close()
+    factor = (dp.clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)  # Opacus' clipping rule
+    return ClippedUnits(grads=(flat * factor[:, None]).numpy(), units=len(episodes))

@@ -380,3 +380,37 @@ def test_ghost_clipping_gives_the_same_clipped_sum(kind, deterministic_latent):
     got = torch.cat([p.grad.reshape(-1) for p in gsm.parameters() if p.requires_grad])
     gsm._close()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("unit", ["pair", "user"])
+def test_clipped_unit_gradients_equal_the_brute_force_oracle(unit, deterministic_latent):
+    """The distributed step's per-unit gradients (q = 1: every unit) are each unit's own
+    gradient, clipped with Opacus' rule, flattened in the wire order (sorted state-dict names)."""
+    from securefvpa.train.private import clipped_unit_gradients, unit_episodes
+
+    model, pairs, users = _client("fedvpa-gp", users=4)
+    dp = DPSettings(noise_multiplier=0.0, clip=0.05, sample_rate=1.0)
+    out = clipped_unit_gradients(
+        model, pairs, users, unit=unit, train_cfg=TRAIN, dp=dp, rng=np.random.default_rng(3)
+    )
+    episodes = unit_episodes(pairs, users, unit=unit, train_cfg=TRAIN, rng=np.random.default_rng(3))
+    assert out.units == len(episodes) == out.grads.shape[0]
+    if unit == "user":
+        assert len(episodes) == len(users)
+        assert all(len(e.context) + len(e.targets) <= 6 for e in episodes)
+    oracle = _oracle_clipped(model, pairs, episodes, 0.05)  # parameter order
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    offsets, at = {}, 0
+    for n in names:
+        offsets[n] = at
+        at += sizes[n]
+    wire, at = [], 0
+    for n in sorted(model.state_dict()):  # securefvpa.rounds.encoding.flatten order
+        wire.append(oracle[:, offsets[n] : offsets[n] + sizes[n]])
+    torch.testing.assert_close(
+        torch.from_numpy(out.grads), torch.cat(wire, 1).double(), rtol=1e-4, atol=1e-7
+    )
+    assert float(np.linalg.norm(out.grads, axis=1).max()) <= 0.05 * (1 + 1e-6)
+    # nothing trained, nothing left behind
+    assert all(p.grad is None for p in model.parameters())
