@@ -174,7 +174,7 @@ def config_reference() -> str:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         section = hints[f.name]
-        if not dataclasses.is_dataclass(section):
+        if not (isinstance(section, type) and dataclasses.is_dataclass(section)):
             continue
         parts += ["", f"## [{f.name}]", "", _doc(section), "", head]
         parts += _rows(section, f"{f.name}.", skip_tables=False)
