@@ -154,6 +154,11 @@ class ClientPolicy:
     degree: int = 0
     threshold_fraction: float = 0.6
     max_participants: int = MAX_NODES
+    # Distributed DP: the fewest masked inputs an unmasked sum may hold (the ``t`` its noise was
+    # sized for). The client refuses a round with fewer participants, and refuses to help unmask
+    # (no consistency signature, no shares) when fewer survived, so a server cannot shrink the
+    # noise in the sum by dropping clients. 0: no requirement beyond the protocol's own.
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.vector_length) or self.vector_length < 1:
@@ -170,6 +175,10 @@ class ClientPolicy:
         if not _is_int(self.degree) or self.degree < 0 or self.degree % 2:
             raise ConfigError(
                 f"secagg.degree must be 0 or an even number >= 2. Found {self.degree!r}."
+            )
+        if not _is_int(self.min_survivors) or not 0 <= self.min_survivors <= MAX_NODES:
+            raise ConfigError(
+                f"min_survivors must be an int in [0, {MAX_NODES}]. Found {self.min_survivors!r}."
             )
         if not _is_int(self.max_participants) or not (
             MIN_PARTICIPANTS <= self.max_participants <= MAX_NODES
@@ -478,6 +487,11 @@ class SecAggClient:
         if not local <= self._u2:
             raise ProtocolAbort("inconsistent lists: a survivor never shared keys with this node")
         self._require_quorum(len(local), "masked input")
+        if len(u3) < self._policy.min_survivors:
+            raise ProtocolAbort(
+                f"only {len(u3)} masked inputs survived; the distributed noise was sized for at "
+                f"least {self._policy.min_survivors}: refusing to help unmask"
+            )
         self._survivors = msg.survivors
         signature = sign(self._identity, consistency_payload(self._context, msg.survivors))
         self._phase = ClientPhase.UNMASK
@@ -530,9 +544,10 @@ class SecAggClient:
         """The server's participant list and threshold are acceptable under the policy."""
         p = self._policy
         n = len(participants)
-        if not MIN_PARTICIPANTS <= n <= p.max_participants:
+        if not max(MIN_PARTICIPANTS, p.min_survivors) <= n <= p.max_participants:
             raise ProtocolAbort(
-                f"participant count {n} outside [{MIN_PARTICIPANTS}, {p.max_participants}]"
+                f"participant count {n} outside "
+                f"[{max(MIN_PARTICIPANTS, p.min_survivors)}, {p.max_participants}]"
             )
         if self.node_id not in participants:
             raise ProtocolAbort("this node is not in the participant list")
