@@ -213,6 +213,10 @@ class SecAggServer:
         self._u2: frozenset[int] = frozenset()
         self._u3: tuple[int, ...] = ()
         self._unmask_lists: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # unmask phase: accepted shares per (owner, is self mask), the masks rebuilt from them
+        self._points: dict[tuple[int, bool], dict[int, int]] = {}
+        self._masks: dict[int, list[tuple[bytes, int]]] = {}
+        self._unmask_errors: dict[tuple[int, bool], str] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -316,8 +320,56 @@ class SecAggServer:
         if self.phase is ServerPhase.MASKED_INPUT:
             np.add(self._sum, msg.as_array(), out=self._sum)
             self._replies[u] = None  # the vector lives on only in the sum
-        else:
-            self._replies[u] = msg
+            return
+        self._replies[u] = msg
+        if self.phase is ServerPhase.UNMASK:
+            x = shamir.point_of(u)
+            for share in msg.self_mask_shares:
+                self._collect(share.owner_id, x, share.share, self_mask=True)
+            for share in msg.key_shares:
+                self._collect(share.owner_id, x, share.share, self_mask=False)
+
+    def _collect(self, owner: int, x: int, share: bytes, *, self_mask: bool) -> None:
+        """Add one accepted unmask share; rebuild ``owner``'s secret as soon as ``t`` are in.
+
+        Reconstruction runs while the other replies are still arriving, so closing the phase
+        only streams the masks. A secret is rebuilt from the first ``t`` accepted shares (any
+        ``t`` determine it); a failure (inconsistent shares, a key that does not match the
+        advert) is recorded and aborts the round when the phase closes.
+        """
+        points = self._points.setdefault((owner, self_mask), {})
+        if len(points) >= self.threshold or (owner, self_mask) in self._unmask_errors:
+            return
+        points[x] = shamir.decode_share(share)  # validated in _check_unmask
+        if len(points) < self.threshold:
+            return
+        try:
+            secret = shamir.int_to_secret(shamir.combine(points, self.threshold))
+            if self_mask:
+                self._masks[owner] = [(secret, -1)]
+            else:
+                self._masks[owner] = self._pairwise_masks_of_dropped(owner, secret)
+        except ProtocolAbort as exc:
+            self._unmask_errors[(owner, self_mask)] = str(exc)
+
+    def _pairwise_masks_of_dropped(self, u: int, secret: bytes) -> list[tuple[bytes, int]]:
+        """The masks a dropped node ``u`` shared with its surviving neighbours, to remove."""
+        s_key = x25519_from_seed(secret)
+        if public_bytes(s_key) != self._adverts[u].s_public:
+            raise ProtocolAbort(f"reconstructed mask key of node {u} does not match its advert")
+        u3 = frozenset(self._u3)
+        masks = []
+        for v in sorted(self.holders[u] & u3 - {u}):
+            seed = pair_key(
+                s_key,
+                self._adverts[v].s_public,
+                context=self.context,
+                purpose=PURPOSE_PAIRWISE_MASK,
+                a=u,
+                b=v,
+            )
+            masks.append((seed, -1 if v < u else 1))  # v added +mask for the pair (v, u)
+        return masks
 
     def _check_advertise_keys(self, u: int, msg: AdvertiseKeysReply) -> None:
         if self.roster is not None:
@@ -487,41 +539,21 @@ class SecAggServer:
 
     def _close_unmask(self, responders: frozenset[int]) -> dict[int, bytes]:
         self._require_unmaskable(responders, "unmask")
-        replies: dict[int, UnmaskReply] = self._replies
-        b_shares: dict[int, dict[int, int]] = {}
-        sk_shares: dict[int, dict[int, int]] = {}
-        for holder, reply in replies.items():
-            x = shamir.point_of(holder)
-            for s in reply.self_mask_shares:
-                b_shares.setdefault(s.owner_id, {})[x] = shamir.decode_share(s.share)
-            for s in reply.key_shares:
-                sk_shares.setdefault(s.owner_id, {})[x] = shamir.decode_share(s.share)
-        u3 = frozenset(self._u3)
-        total = self._sum
+        if self._unmask_errors:
+            (owner, _), reason = min(self._unmask_errors.items())
+            raise ProtocolAbort(f"unmasking node {owner} failed: {reason}")
         masks: list[tuple[bytes, int]] = []
-        for u in self._u3:
-            seed = shamir.int_to_secret(shamir.combine(b_shares.get(u, {}), self.threshold))
-            masks.append((seed, -1))
-        for u in sorted(self._u2 - u3):
-            secret = shamir.int_to_secret(shamir.combine(sk_shares.get(u, {}), self.threshold))
-            s_key = x25519_from_seed(secret)
-            if public_bytes(s_key) != self._adverts[u].s_public:
-                raise ProtocolAbort(f"reconstructed mask key of node {u} does not match its advert")
-            for v in sorted(self.holders[u] & u3 - {u}):
-                seed = pair_key(
-                    s_key,
-                    self._adverts[v].s_public,
-                    context=self.context,
-                    purpose=PURPOSE_PAIRWISE_MASK,
-                    a=u,
-                    b=v,
-                )
-                masks.append((seed, -1 if v < u else 1))  # v added +mask for the pair (v, u)
+        for u in sorted(self._u2):  # self masks of U3, pairwise masks of U2 \ U3
+            if u not in self._masks:  # cannot happen after _require_unmaskable; fail closed
+                raise ProtocolAbort(f"cannot reconstruct the secret of node {u}")
+            masks += self._masks[u]
+        total = self._sum
         apply_masks(total, masks, self.bits)
         self.result = AggregationResult(
             vector=total, contributors=self._u3, survivors_by_phase=dict(self._survivors)
         )
         self._sum = np.zeros(0, dtype=self.dtype)
+        self._masks, self._points = {}, {}
         self.phase = ServerPhase.DONE
         self._expected = frozenset()
         self._replies = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -206,3 +208,34 @@ def test_duplicate_and_cross_node_replies_rejected():
     assert server.receive(b, reply_a) is False  # header names a, transport says b
     assert server.receive(a, reply_a) is True
     assert server.receive(a, reply_a) is False
+
+
+def test_a_wrong_key_share_aborts_the_round_instead_of_a_wrong_sum():
+    """A client that sends a well-formed but wrong share of a dropped node's mask key: the
+    rebuilt value is not a key, or not the one in the node's signed advert, so the server
+    aborts (it cannot check a self-mask seed that way: robustness against malicious clients
+    is out of scope)."""
+    h = Harness(n=6, d=4, seed="bad-share")  # t = 4
+    server, clients, inputs = h.server(), h.clients(), h.inputs()
+    gone, liar = h.ids[0], h.ids[1]
+    out = server.start()
+    while out:
+        phase = server.phase
+        order = sorted(out, key=lambda v: v != liar)  # the liar's shares are among the first t
+        for node in order:
+            if node == gone and phase not in (ServerPhase.ADVERTISE_KEYS, ServerPhase.SHARE_KEYS):
+                continue
+            c = clients[node]
+            reply = c.handle(out[node], input_vector=inputs[node] if c.needs_input else None)
+            if node == liar and phase is ServerPhase.UNMASK:
+                msg = parse(reply)
+                bad = tuple(replace(s, share=bytes(66)) for s in msg.key_shares)
+                reply = replace(msg, key_shares=bad).to_bytes()
+            assert server.receive(node, reply)
+        if phase is ServerPhase.UNMASK:
+            with pytest.raises(ProtocolAbort, match=f"unmasking node {gone} failed"):
+                server.advance()
+            assert server.result is None and server.phase is ServerPhase.ABORTED
+            return
+        out = server.advance()
+    pytest.fail("the round finished")

@@ -33,6 +33,30 @@ def test_any_t_shares_reconstruct(secret, n, data):
     assert shamir.int_to_secret(shamir.combine(chosen, t)) == secret
 
 
+@pytest.mark.parametrize("t", [1, 13, 60])
+def test_combine_equals_textbook_lagrange_interpolation(t):
+    """The batch-inverted combine against the per-share textbook formula (Shamir 1979)."""
+    rng = DeterministicBytes(f"lagrange-{t}")
+    ids = sorted({int.from_bytes(rng(8), "big") for _ in range(t + 5)})
+    secret = shamir.secret_to_int(rng(32))
+    shares = shamir.split(secret, [shamir.point_of(i) for i in ids], t, rng)
+    chosen = sorted(shares.items())[:t]
+    p = shamir.PRIME
+    oracle = 0
+    for i, (xi, yi) in enumerate(chosen):
+        num = den = 1
+        for j, (xj, _) in enumerate(chosen):
+            if j != i:
+                num, den = num * xj % p, den * (xj - xi) % p
+        oracle = (oracle + yi * num * pow(den, -1, p)) % p
+    assert shamir.combine(shares, t) == oracle == secret
+
+
+def test_points_equal_modulo_the_prime_abort():
+    with pytest.raises(ProtocolAbort, match="same evaluation point"):
+        shamir.combine({1: 5, 1 + shamir.PRIME: 6}, 2)
+
+
 def test_fewer_than_t_shares_abort():
     shares = shamir.split(12345, [1, 2, 3, 4], 3, os.urandom)
     with pytest.raises(ProtocolAbort):
