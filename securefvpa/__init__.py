@@ -1,6 +1,6 @@
 """securefvpa: federated, personalized preference learning with DP-SGD and secure aggregation."""
 
+from securefvpa._version import __version__
 from securefvpa.errors import SecureFVPAError
 
 __all__ = ["SecureFVPAError", "__version__"]
-__version__ = "0.1.0"

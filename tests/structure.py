@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "fsutil": 0,
     "rundir": 0,
     "config_reference": 0,
+    "_version": 0,
     "privacy": 1,
     "secagg": 1,
     "data": 2,
@@ -60,9 +61,10 @@ class Import:
 
 
 def module_name(path: Path) -> str:
+    """Dotted name; a package's ``__init__`` is the package itself (``securefvpa`` included)."""
     rel = path.relative_to(PACKAGE.parent).with_suffix("")
     parts = list(rel.parts)
-    if parts[-1] == "__init__" and len(parts) > 2:
+    if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
@@ -113,9 +115,7 @@ def imports() -> list[Import]:
 
 
 def layer_of(module: str) -> int:
-    parts = module.split(".")
-    key = parts[1] if len(parts) > 1 else "__init__"
-    return LAYERS[key]
+    return LAYERS[group_of(module)]
 
 
 def group_of(module: str) -> str:

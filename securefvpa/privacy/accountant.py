@@ -36,6 +36,8 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from securefvpa.errors import AccountingError
+from securefvpa.privacy.ddg import DdgEvent, DdgRound, PrivacyEvent
+from securefvpa.privacy.ddg import epsilon as ddg_epsilon
 from securefvpa.privacy.events import DpSgdEvent, check_client_id, neighboring_relation
 from securefvpa.privacy.rdp_replace import DEFAULT_ORDERS as RDP_ORDERS_REPLACE
 from securefvpa.privacy.rdp_replace import ReplaceOneRdpAccountant, replace_one_rdp
@@ -173,17 +175,44 @@ def _epsilon_cached(accountant: str, key: HistoryKey, delta: float, d: float) ->
     return eps
 
 
+def distributed_rounds(events: Sequence[PrivacyEvent]) -> list[DdgRound] | None:
+    """The DDG rounds of a history of distributed events, None for a local DP-SGD history.
+
+    One history is one mode: mixing local DP-SGD and distributed rounds is refused (their
+    accountants differ; ``securefvpa.privacy.ddg`` composes only distributed rounds).
+    """
+    ddg = [isinstance(e, DdgEvent) for e in events]
+    if not any(ddg):
+        return None
+    if not all(ddg):
+        bad = next(e for e in events if not isinstance(e, DdgEvent))
+        raise AccountingError(
+            "a history mixes local DP-SGD and distributed rounds (one mode per ledger); "
+            f"found {bad!r}."
+        )
+    return [e.to_round() for e in events]  # type: ignore[union-attr]
+
+
 def epsilon(
-    events: Iterable[DpSgdEvent],
+    events: Iterable[PrivacyEvent],
     delta: float,
     *,
     accountant: str = "pld",
     value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION,
 ) -> float:
-    """Epsilon at ``delta`` of the composition of ``events`` (0.0 for no events)."""
+    """Epsilon at ``delta`` of the composition of ``events`` (0.0 for no events).
+
+    Distributed rounds (:class:`~securefvpa.privacy.ddg.DdgEvent`) are accounted by the DDG RDP
+    bound (:func:`securefvpa.privacy.ddg.epsilon`) whatever ``accountant`` says: there is no PLD
+    for a sum of discrete Gaussians (see that module).
+    """
+    evs = list(events)
+    rounds = distributed_rounds(evs)
+    if rounds is not None:
+        return ddg_epsilon(rounds, delta=check_delta(delta))
     return _epsilon_cached(
         check_accountant(accountant),
-        history_key(events),
+        history_key(evs),
         check_delta(delta),
         check_discretization(value_discretization_interval),
     )
@@ -245,6 +274,8 @@ def epsilon_trajectory(
     dlt = check_delta(delta)
     d = check_discretization(value_discretization_interval)
     ordered = sorted(events, key=lambda e: e.round)
+    if distributed_rounds(ordered) is not None:
+        return [(ev.round, epsilon(ordered[: i + 1], dlt)) for i, ev in enumerate(ordered)]
     history_key(ordered)  # validates types and a single relation
     merged: dict[tuple[float, float], int] = {}
     out: list[tuple[int, float]] = []

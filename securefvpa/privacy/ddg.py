@@ -79,14 +79,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 from scipy import special
 
 from securefvpa.errors import AccountingError
-from securefvpa.privacy.events import check_relation
+from securefvpa.privacy.events import DpSgdEvent, canonical_json, check_client_id, check_relation
 
 DEFAULT_ORDERS: tuple[int, ...] = tuple(range(2, 257))
 MIN_LOCAL_SIGMA = 1.0
@@ -539,3 +539,95 @@ def group_epsilon(
 def clear_caches() -> None:
     """Drop cached round curves (benchmarks measuring cold cost)."""
     _round_rdp_cached.cache_clear()
+
+
+DDG_EVENT_KIND = "ddg"
+DDG_EVENT_SCHEMA_VERSION = 1
+UNITS = ("pair", "user")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DdgEvent:
+    """One distributed round of one client, as committed to its ledger (kind ``"ddg"``).
+
+    The accounting fields are those of :class:`DdgRound` (``to_round``): epsilon is recomputed
+    from the ledger alone. ``unit`` names the privacy unit (a pair, or a user's whole profile);
+    ``threshold`` (t), ``max_colluding`` (T), ``bits`` and ``block_size`` are recorded for the
+    report (``honest_shares = t - T`` is what the accounting uses). Keyword-only; canonical JSON
+    with :data:`DDG_EVENT_SCHEMA_VERSION` is what the ledger hashes.
+    """
+
+    client_id: str
+    round: int
+    attempt: int = 1
+    unit: str = "pair"
+    relation: str = "replace_one"
+    sample_rate: float
+    clip: float
+    gamma: float
+    beta: float
+    dim: int
+    local_sigma: float
+    honest_shares: int
+    threshold: int
+    max_colluding: int
+    bits: int
+    block_size: int
+
+    def __post_init__(self) -> None:
+        check_client_id(self.client_id)
+        for name in ("round", "max_colluding"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise AccountingError(f"{name} must be an integer >= 0. Found {value!r}.")
+        for name in ("attempt", "threshold", "bits", "block_size"):
+            _positive_int(name, getattr(self, name))
+        if self.unit not in UNITS:
+            raise AccountingError(f"unit must be one of {list(UNITS)}. Found {self.unit!r}.")
+        if self.threshold - self.max_colluding != self.honest_shares:
+            raise AccountingError(
+                f"honest_shares must be threshold - max_colluding = "
+                f"{self.threshold} - {self.max_colluding}. Found {self.honest_shares!r}."
+            )
+        r = self.to_round()  # validates the accounting fields, naming the bad value
+        for name in ("sample_rate", "clip", "gamma", "beta", "local_sigma"):
+            object.__setattr__(self, name, getattr(r, name))
+
+    def to_round(self) -> DdgRound:
+        return DdgRound(
+            sample_rate=self.sample_rate,
+            clip=self.clip,
+            gamma=self.gamma,
+            beta=self.beta,
+            dim=self.dim,
+            local_sigma=self.local_sigma,
+            honest_shares=self.honest_shares,
+            relation=self.relation,
+        )
+
+    def to_payload(self) -> dict[str, object]:
+        return asdict(self) | {"schema_version": DDG_EVENT_SCHEMA_VERSION}
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_payload())
+
+    @classmethod
+    def from_payload(cls, payload: object) -> DdgEvent:
+        if not isinstance(payload, dict):
+            raise AccountingError(f"ddg event payload must be a JSON object. Found {payload!r}.")
+        if payload.get("schema_version") != DDG_EVENT_SCHEMA_VERSION:
+            raise AccountingError(
+                f"ddg event schema_version must be {DDG_EVENT_SCHEMA_VERSION}. "
+                f"Found {payload.get('schema_version')!r}."
+            )
+        names = {f.name for f in fields(cls)}
+        if set(payload) != names | {"schema_version"}:
+            raise AccountingError(
+                f"ddg event payload keys must be {sorted(names | {'schema_version'})}. "
+                f"Found {sorted(payload)}."
+            )
+        return cls(**{k: payload[k] for k in names})
+
+
+# A privacy-spending event of the ledger: a round of local DP-SGD or a distributed round.
+PrivacyEvent = DpSgdEvent | DdgEvent

@@ -196,3 +196,4 @@ class DpSgdEvent:
         except (TypeError, ValueError) as err:
             raise AccountingError(f"event is not valid JSON: {text!r}") from err
         return cls.from_payload(payload)
+

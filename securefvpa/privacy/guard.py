@@ -20,6 +20,7 @@ from securefvpa.privacy.accountant import (
     check_discretization,
     epsilon,
 )
+from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
 from securefvpa.privacy.events import DpSgdEvent, check_client_id
 
 
@@ -56,7 +57,7 @@ class BudgetGuard:
         self.accountant = check_accountant(accountant)
         self.value_discretization_interval = check_discretization(value_discretization_interval)
 
-    def _eps(self, events: Sequence[DpSgdEvent]) -> float:
+    def _eps(self, events: Sequence[PrivacyEvent]) -> float:
         return epsilon(
             events,
             self.delta,
@@ -65,14 +66,16 @@ class BudgetGuard:
         )
 
     def check(
-        self, *, client_id: str, history: Sequence[DpSgdEvent], planned_event: DpSgdEvent
+        self, *, client_id: str, history: Sequence[PrivacyEvent], planned_event: PrivacyEvent
     ) -> Decision:
         """Decide whether ``client_id`` may run ``planned_event`` after ``history``."""
         check_client_id(client_id)
-        if not isinstance(planned_event, DpSgdEvent):
-            raise AccountingError(f"planned_event must be a DpSgdEvent. Found {planned_event!r}.")
+        if not isinstance(planned_event, DpSgdEvent | DdgEvent):
+            raise AccountingError(
+                f"planned_event must be a DpSgdEvent or a DdgEvent. Found {planned_event!r}."
+            )
         for ev in [*history, planned_event]:
-            if not isinstance(ev, DpSgdEvent) or ev.client_id != client_id:
+            if not isinstance(ev, DpSgdEvent | DdgEvent) or ev.client_id != client_id:
                 raise AccountingError(
                     f"every event must belong to client {client_id!r}. Found {ev!r}."
                 )

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from securefvpa.errors import AccountingError, LedgerError
+from securefvpa.privacy.ddg import DDG_EVENT_KIND, DDG_EVENT_SCHEMA_VERSION, DdgEvent, PrivacyEvent
 from securefvpa.privacy.events import (
     EVENT_SCHEMA_VERSION,
     DpSgdEvent,
@@ -60,7 +61,11 @@ from securefvpa.privacy.events import (
 )
 
 LEDGER_SCHEMA_VERSION = "1"
-KINDS = ("dp_sgd", "declined", "run_start", "run_end")
+KINDS = ("dp_sgd", "ddg", "declined", "run_start", "run_end")
+EVENT_KINDS = (
+    "dp_sgd",
+    "ddg",
+)  # entries that spend privacy (a local DP-SGD or a distributed round)
 _ENTRY_DOMAIN = b"securefvpa/privacy-ledger/entry/v1"
 _GENESIS_DOMAIN = b"securefvpa/privacy-ledger/genesis/v1"
 _COLUMNS = (
@@ -91,10 +96,19 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_client ON entries (client_id, kind);
 """
 # A client's DP-SGD events in ledger order, answered from the ``entries_client`` index.
-CLIENT_EVENTS_SQL = _SELECT + " WHERE client_id = ? AND kind = 'dp_sgd' ORDER BY seq"
+CLIENT_EVENTS_SQL = _SELECT + " WHERE client_id = ? AND kind IN ('dp_sgd', 'ddg') ORDER BY seq"
 # SQLite primary result codes that say nothing about the file's content (locks, permissions,
 # memory, I/O); any other error while reading a ledger means the file is not an intact ledger.
-_ENVIRONMENT_ERRORS = {3, 5, 6, 7, 10, 13, 14, 23}  # PERM BUSY LOCKED NOMEM IOERR FULL CANTOPEN AUTH
+_ENVIRONMENT_ERRORS = {
+    3,
+    5,
+    6,
+    7,
+    10,
+    13,
+    14,
+    23,
+}  # PERM BUSY LOCKED NOMEM IOERR FULL CANTOPEN AUTH
 
 
 def _enc(value: str | int | None) -> bytes:
@@ -147,14 +161,20 @@ class LedgerEntry:
             raise LedgerError(f"ledger entry {self.seq}: payload is not a JSON object")
         return out
 
-    def event(self) -> DpSgdEvent:
-        """The DP-SGD event of a ``dp_sgd`` entry (or the planned one of a ``declined`` entry)."""
+    def event(self) -> PrivacyEvent:
+        """The event of a ``dp_sgd`` or ``ddg`` entry (or the planned one of a ``declined``
+        entry: a distributed round's payload is recognised by its ``gamma``)."""
         obj = self.payload_obj()
         try:
             if self.kind == "dp_sgd":
                 return DpSgdEvent.from_payload(obj)
+            if self.kind == "ddg":
+                return DdgEvent.from_payload(obj)
             if self.kind == "declined":
-                return DpSgdEvent.from_payload(obj.get("planned"))
+                planned = obj.get("planned")
+                if isinstance(planned, dict) and "gamma" in planned:
+                    return DdgEvent.from_payload(planned)
+                return DpSgdEvent.from_payload(planned)
         except AccountingError as err:
             raise LedgerError(f"ledger entry {self.seq}: {err}") from err
         raise LedgerError(f"ledger entry {self.seq} of kind {self.kind!r} carries no event")
@@ -306,15 +326,18 @@ class Ledger:
             raise LedgerError(f"cannot append to ledger {str(self.path)!r}: {err}") from err
         return h
 
-    def append(self, event: DpSgdEvent) -> str:
-        """Record a round of DP-SGD; returns the entry hash once the entry is durable."""
-        if not isinstance(event, DpSgdEvent):
-            raise LedgerError(f"append takes a DpSgdEvent. Found {event!r}.")
-        return self._append("dp_sgd", event.client_id, event.round, event.to_json())
+    def append(self, event: PrivacyEvent) -> str:
+        """Record a round of local DP-SGD (``dp_sgd``) or a distributed round (``ddg``);
+        returns the entry hash once the entry is durable."""
+        if isinstance(event, DpSgdEvent):
+            return self._append("dp_sgd", event.client_id, event.round, event.to_json())
+        if isinstance(event, DdgEvent):
+            return self._append(DDG_EVENT_KIND, event.client_id, event.round, event.to_json())
+        raise LedgerError(f"append takes a DpSgdEvent or a DdgEvent. Found {event!r}.")
 
     def append_declined(
         self,
-        planned_event: DpSgdEvent,
+        planned_event: PrivacyEvent,
         *,
         reason: str,
         epsilon_now: float,
@@ -322,8 +345,10 @@ class Ledger:
         budget_epsilon: float,
     ) -> str:
         """Record that the budget guard refused ``planned_event`` (nothing was trained)."""
-        if not isinstance(planned_event, DpSgdEvent):
-            raise LedgerError(f"append_declined takes a DpSgdEvent. Found {planned_event!r}.")
+        if not isinstance(planned_event, DpSgdEvent | DdgEvent):
+            raise LedgerError(
+                f"append_declined takes a DpSgdEvent or a DdgEvent. Found {planned_event!r}."
+            )
         payload = canonical_json(
             {
                 "schema_version": 1,
@@ -364,12 +389,13 @@ class Ledger:
         """(entry count, head hash); the genesis hash for an empty ledger."""
         return _head(self._conn, self.ledger_id)
 
-    def events_by_client(self) -> dict[str, list[DpSgdEvent]]:
-        """Every ``dp_sgd`` event, grouped by client, in ledger order (replay into accountant)."""
+    def events_by_client(self) -> dict[str, list[PrivacyEvent]]:
+        """Every privacy-spending event (``dp_sgd``, ``ddg``), grouped by client, in ledger order
+        (replay into the accountant)."""
         return events_by_client(self.entries())
 
-    def events_for_client(self, client_id: str) -> list[DpSgdEvent]:
-        """``client_id``'s ``dp_sgd`` events in ledger order — what the budget guard composes.
+    def events_for_client(self, client_id: str) -> list[PrivacyEvent]:
+        """``client_id``'s privacy-spending events in ledger order — what the guard composes.
 
         Reads only this client's rows through the ``entries_client`` index: O(this client's
         history), not O(ledger). Each row's own hash is recomputed and its payload must name
@@ -385,7 +411,7 @@ class Ledger:
             rows = self._conn.execute(CLIENT_EVENTS_SQL, (client_id,)).fetchall()
         except sqlite3.Error as err:
             raise LedgerError(f"cannot read ledger {str(self.path)!r}: {err}") from err
-        out: list[DpSgdEvent] = []
+        out: list[PrivacyEvent] = []
         for row in rows:
             e = LedgerEntry(*row)
             if not hmac.compare_digest(entry_hash(*row[:7]), str(e.entry_hash)):
@@ -414,10 +440,10 @@ def _head(conn: sqlite3.Connection, ledger_id: str) -> tuple[int, str]:
     return int(count), (row[0] if row else genesis_hash(ledger_id))
 
 
-def events_by_client(entries: list[LedgerEntry]) -> dict[str, list[DpSgdEvent]]:
-    out: dict[str, list[DpSgdEvent]] = {}
+def events_by_client(entries: list[LedgerEntry]) -> dict[str, list[PrivacyEvent]]:
+    out: dict[str, list[PrivacyEvent]] = {}
     for e in entries:
-        if e.kind == "dp_sgd":
+        if e.kind in EVENT_KINDS:
             ev = e.event()
             out.setdefault(ev.client_id, []).append(ev)
     return out
@@ -435,10 +461,13 @@ def _check_payload(e: LedgerEntry) -> str | None:
     except AccountingError:
         return "payload is not canonical JSON"
     # dp_sgd payloads are events (schema 1, or 2 with ``attempt``); other kinds are schema 1.
-    versions = (1, EVENT_SCHEMA_VERSION) if e.kind == "dp_sgd" else (1,)
+    versions = {
+        "dp_sgd": (1, EVENT_SCHEMA_VERSION),
+        DDG_EVENT_KIND: (DDG_EVENT_SCHEMA_VERSION,),
+    }.get(e.kind, (1,))
     if not isinstance(obj, dict) or obj.get("schema_version") not in versions:
         return "payload has no supported schema_version"
-    if e.kind in ("dp_sgd", "declined"):
+    if e.kind in (*EVENT_KINDS, "declined"):
         try:
             ev = e.event()
         except LedgerError as err:
@@ -618,9 +647,7 @@ def check_anchor(ledger_id: str, entries: list[LedgerEntry], anchor: Anchor) -> 
 def _grown_note(entries: list[LedgerEntry], anchor: Anchor) -> str | None:
     n = anchor.entry_count
     if n is None:
-        at = next(
-            (i for i, e in enumerate(entries, 1) if e.entry_hash == anchor.head_hash), 0
-        )
+        at = next((i for i, e in enumerate(entries, 1) if e.entry_hash == anchor.head_hash), 0)
         n = at
     if len(entries) > n:
         return f"{len(entries) - n} entries appended after the anchor in {anchor.source}"

@@ -32,7 +32,7 @@ from typing import Any
 
 import jsonschema
 
-import securefvpa
+from securefvpa._version import __version__
 from securefvpa.errors import AccountingError, LedgerError, PrivacyError
 from securefvpa.fsutil import atomic_write_text
 from securefvpa.privacy.accountant import (
@@ -122,7 +122,7 @@ def software_versions() -> dict[str, str | None]:
     """Versions of the accounting stack, read from package metadata (nothing is imported)."""
     out: dict[str, str | None] = {
         "python": platform.python_version(),
-        "securefvpa": securefvpa.__version__,
+        "securefvpa": __version__,
     }
     for dist in _TRACKED_DISTRIBUTIONS:
         try:
