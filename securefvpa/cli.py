@@ -492,19 +492,23 @@ def _report_write(run_dir: Path) -> int:
     if not check.ok:
         print(f"TAMPERED: {str(plan.ledger)!r}: {check.reason}; no report written")
         return 1
+    # The inputs beside the ledger: those the existing report recorded, completed from the
+    # run's metrics.json where the report has none.
     inputs: dict[str, Any] = {}
-    existing = run_dir / REPORT_JSON
     try:
-        old = json.loads(existing.read_text(encoding="utf-8"))
+        old = json.loads((run_dir / REPORT_JSON).read_text(encoding="utf-8"))
         validate_report(old)
         inputs = report_inputs(old)
     except (OSError, UnicodeDecodeError, ValueError, SecureFVPAError):
-        if rd.metrics.is_file():
-            try:
-                metrics = json.loads(rd.metrics.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as err:
-                raise RunDirError(f"{str(rd.metrics)!r} is unreadable: {err}") from None
-            inputs = report_inputs_from_metrics(metrics)
+        pass
+    if rd.metrics.is_file():
+        try:
+            metrics = json.loads(rd.metrics.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RunDirError(f"{str(rd.metrics)!r} is unreadable: {err}") from None
+        for key, value in report_inputs_from_metrics(metrics).items():
+            if inputs.get(key) is None:
+                inputs[key] = value
     report = build_report(
         plan.ledger,
         run_id=run_id(cfg),

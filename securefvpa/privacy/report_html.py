@@ -280,10 +280,14 @@ def _utility(report: dict[str, Any]) -> str:
         if base
         else '<p class="muted">No non-private baseline was supplied.</p>'
     )
+    chance = (
+        f"chance {_p3(check['chance'])}" if check["chance"] is not None
+        else "chance 0.5 for pairwise accuracy; not supplied to this report"
+    )
     return (
-        f"<p><b>{_e(check['verdict'])}.</b> Accuracy is pairwise (chance "
-        f"{_e(_p3(check['chance']))}); the interval treats scored pairs as independent, so it is "
-        f"optimistic when one user's pairs err together.</p>{table}{src}"
+        f"<p><b>{_e(check['verdict'])}.</b> Accuracy is pairwise ({_e(chance)}); the interval "
+        "treats scored pairs as independent, so it is optimistic when one user's pairs err "
+        f"together.</p>{table}{src}"
     )
 
 

@@ -225,3 +225,32 @@ def test_wilson_interval_reference_values():
     lo, hi = wilson_interval(0.9, 10)
     assert lo == pytest.approx(0.5958500, abs=1e-6) and hi == pytest.approx(0.9821237, abs=1e-6)
     assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(0.0, 20)[0] == 0.0
+
+
+def test_report_command_takes_the_audit_inputs_from_metrics(private_run, capsys):
+    """`securefvpa report RUN_DIR` completes the inputs of the report the run left with
+    metrics.json (accuracy, pairs, stopped_early, exhausted_clients), and keeps them when re-run.
+    Mutant caught: inputs taken from metrics.json only when there is no report yet (the run's
+    report without a chance line stays without one)."""
+    from securefvpa.cli import main
+
+    run_dir, path = private_run
+    write_report(build_report(path, **ARGS, config_hash=_config_hash(run_dir),
+                              utility=UTILITY), run_dir)  # what a run wrote before the inputs
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "accuracy": UTILITY, "pairs": SCORED, "stopped_early": STOP,
+        "exhausted_clients": [0, 1], "secagg": False,
+    }))
+    assert main(["report", str(run_dir)]) == 0
+    rep = json.loads((run_dir / "privacy_report.json").read_text())
+    assert rep["utility_check"]["chance"] == 0.5
+    rows = {r["metric"]: r for r in rep["utility_check"]["rows"]}
+    assert rows["unseen_users"]["scored_pairs"] == 160
+    assert rep["run_outcome"] == {"stopped_early": STOP, "exhausted_clients": ["0", "1"]}
+    assert rep["headline"]["status"] == "stopped_early"
+    (run_dir / "metrics.json").unlink()
+    assert main(["report", str(run_dir)]) == 0  # same history, same inputs: replaced in place
+    again = json.loads((run_dir / "privacy_report.json").read_text())
+    assert again["utility_check"] == rep["utility_check"]
+    assert main(["report", "verify", str(run_dir)]) == 0
+    capsys.readouterr()
