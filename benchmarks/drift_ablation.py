@@ -32,7 +32,6 @@ from securefvpa.config import load_config  # noqa: E402
 from securefvpa.data.load import load_dataset  # noqa: E402
 from securefvpa.rounds.engine import run_rounds  # noqa: E402
 from securefvpa.rounds.finish import initial_parameters  # noqa: E402
-from securefvpa.rounds.local import LocalTransport  # noqa: E402
 from securefvpa.rounds.prepare import prepare_local  # noqa: E402
 from securefvpa.rundir import RunDir  # noqa: E402
 
@@ -71,10 +70,10 @@ def run_recipe(
         )
         cfg = load_config(path)
         pairs, split, _ = load_dataset(cfg)
-        manifest, nodes = prepare_local(cfg, pairs, split, RunDir(work / "run"), data={})
-        transport = LocalTransport(nodes, evaluate=False)
+        local = prepare_local(cfg, pairs, split, RunDir(work / "run"), data={})
+        transport = local.transport(evaluate=False)
         t0 = time.perf_counter()
-        result = run_rounds(transport, cfg, initial_params=initial_parameters(cfg, manifest))
+        result = run_rounds(transport, cfg, initial_params=initial_parameters(cfg, local.manifest))
         seconds = time.perf_counter() - t0
         transport.do_evaluate = True
         m = transport.evaluate(rounds, result.params)

@@ -33,6 +33,8 @@ FederationMode = Literal["central", "simulation", "deployment"]
 TypeMix = Literal["pure", "mixed"]
 ServerOptimizer = Literal["fedavg", "fedadam"]
 AccountantKind = Literal["pld", "rdp"]
+PrivacyUnit = Literal["pair", "user"]
+NoiseMode = Literal["local", "distributed"]
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
 HH_RLHF_ENV = "SECUREFVPA_HH_RLHF_DIR"
@@ -300,15 +302,27 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Client-side DP-SGD and per-client accounting. The privacy unit is one preference pair.
+    """DP-SGD and per-client accounting.
 
-    sigma is either given (``noise_multiplier``) or calibrated from ``target_epsilon`` (leave
-    ``noise_multiplier`` out): two separate paths, as Opacus separates ``make_private`` from
+    ``unit`` is what one guarantee protects: one preference pair, or one user's whole profile
+    (each local step then samples users, one capped episode each). ``noise`` is where the noise
+    goes: ``local`` adds the full N(0, sigma^2 C^2) on every client (no trust in secure
+    aggregation needed); ``distributed`` adds discrete-Gaussian shares inside secure aggregation
+    so that the honest shares of any unmasked sum carry sigma (Kairouz, Liu & Steinke 2021;
+    needs ``secagg.enabled`` and one local step per round). ``max_colluding_clients`` (T) is how
+    many clients may join the server and subtract their own shares.
+
+    sigma is either given (``noise_multiplier``; in distributed mode the noise std of the honest
+    sum over the clip norm) or calibrated from ``target_epsilon`` (leave ``noise_multiplier``
+    out): two separate paths, as Opacus separates ``make_private`` from
     ``make_private_with_epsilon``. ``delta`` left out means ``min(1e-5, 1 / (10 n))`` with ``n``
     the largest number of training pairs of a client.
     """
 
     enabled: bool = False
+    unit: PrivacyUnit = "pair"
+    noise: NoiseMode = "local"
+    max_colluding_clients: int = 0  # T: clients that may collude with the server (distributed)
     noise_multiplier: float | None = None  # sigma; absent = calibrate from target_epsilon
     target_epsilon: float = 8.0  # used to calibrate sigma over the planned participation
     budget_epsilon: float = 8.0  # hard per-client budget; a client never exceeds it
@@ -345,6 +359,12 @@ class PrivacyConfig:
         _check(
             0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]"
         )
+        _check(
+            self.max_colluding_clients >= 0,
+            "privacy.max_colluding_clients",
+            self.max_colluding_clients,
+            "be >= 0",
+        )
         if self.enabled and self.calibrate_sigma:
             _check(
                 self.target_epsilon <= self.budget_epsilon,
@@ -356,13 +376,27 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Pairwise-mask secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph option)."""
+    """Pairwise-mask secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph option).
+
+    Fixed-point encoding (plain or local-DP updates): coordinates beyond ``clip_range`` are
+    clipped and *counted* (the count is secure-summed and reported); left out, the range is set
+    from the clip norm and the local noise under DP (known per-coordinate tails) or is 8.0, and a
+    range whose expected clipped share exceeds ``max_clipped_share`` is refused. Distributed
+    noise (``privacy.noise = "distributed"``) uses the discrete mechanism instead: randomized
+    Hadamard rotation in blocks of ``rotation_block`` (a power of two), conditional randomized
+    rounding with ``rounding_beta``, a ring whose wrap-around probability per round stays below
+    ``max_wrap_probability``.
+    """
 
     enabled: bool = False
     threshold: float = 0.6  # fraction of the round's clients needed to unmask (t = ceil(f * n))
     degree: int = 0  # neighbours per client in the k-regular graph; 0 = complete graph
     bits: int = 32  # ring Z_{2^bits}
-    clip_range: float = 8.0  # values are clipped to [-clip_range, clip_range] before encoding
+    clip_range: float | None = None  # absent: from the clip norm and noise under DP, else 8.0
+    max_clipped_share: float = 0.01  # refuse a clip range expected to clip more coordinates
+    rotation_block: int = 4096  # distributed DP: Hadamard block size (power of two)
+    rounding_beta: float = 0.6065306597126334  # distributed DP: conditional rounding, exp(-1/2)
+    max_wrap_probability: float = 1e-6  # distributed DP: per-round bound on a modular wrap
 
     def validate(self) -> None:
         _check(0.5 < self.threshold <= 1.0, "secagg.threshold", self.threshold, "be in (0.5, 1]")
@@ -373,7 +407,32 @@ class SecAggConfig:
             "be an even number >= 0 (0 = complete graph)",
         )
         _check(self.bits in (32, 64), "secagg.bits", self.bits, "be 32 or 64")
-        _check(self.clip_range > 0.0, "secagg.clip_range", self.clip_range, "be > 0")
+        if self.clip_range is not None:
+            _check(self.clip_range > 0.0, "secagg.clip_range", self.clip_range, "be > 0")
+        _check(
+            0.0 < self.max_clipped_share < 1.0,
+            "secagg.max_clipped_share",
+            self.max_clipped_share,
+            "be in (0, 1)",
+        )
+        _check(
+            self.rotation_block >= 2 and self.rotation_block & (self.rotation_block - 1) == 0,
+            "secagg.rotation_block",
+            self.rotation_block,
+            "be a power of two >= 2",
+        )
+        _check(
+            0.0 <= self.rounding_beta < 1.0,
+            "secagg.rounding_beta",
+            self.rounding_beta,
+            "be in [0, 1)",
+        )
+        _check(
+            0.0 < self.max_wrap_probability < 1.0,
+            "secagg.max_wrap_probability",
+            self.max_wrap_probability,
+            "be in (0, 1)",
+        )
 
 
 @dataclass(frozen=True)
@@ -407,6 +466,28 @@ class RunConfig:
                 "secagg.enabled = true needs federation.mode 'simulation' or 'deployment'. "
                 "Found 'central'."
             )
+        p = self.privacy
+        if p.enabled and p.noise == "distributed":
+            if not self.secagg.enabled:
+                raise ConfigError(
+                    "privacy.noise = 'distributed' adds the noise inside secure aggregation: "
+                    "set secagg.enabled = true (or use privacy.noise = 'local'). Found "
+                    "secagg.enabled = false."
+                )
+            if self.federation.local_steps != 1:
+                raise ConfigError(
+                    "privacy.noise = 'distributed' needs federation.local_steps = 1: a round then "
+                    "releases exactly one clipped gradient sum with one noise draw (one "
+                    "subsampled discrete-Gaussian mechanism); with several local steps the "
+                    "later steps would depend on earlier noiseless updates that no noise "
+                    f"covers. Found local_steps = {self.federation.local_steps}."
+                )
+            if p.grad_sample_mode == "ghost":
+                raise ConfigError(
+                    "privacy.noise = 'distributed' rounds each unit's clipped gradient, which "
+                    "ghost clipping never materialises: use grad_sample_mode 'hooks' or "
+                    "'functorch'. Found 'ghost'."
+                )
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

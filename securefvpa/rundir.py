@@ -84,9 +84,9 @@ class RunDir:
 class Manifest:
     """What the prepared data gave the run (``manifest.json``, schema :data:`MANIFEST_SCHEMA`).
 
-    ``units`` holds, per training client in partition order, its number of privacy units (train
-    pairs under ``privacy.unit = "pair"``, users under ``"user"``): public counts the server
-    needs to divide a distributed-DP gradient sum by its expected batch.
+    ``units`` holds, per training client in partition order, its number of privacy units per
+    step (episodes under ``privacy.unit = "pair"``, users under ``"user"``): public counts the
+    server divides a distributed-DP gradient sum by (its expected batch).
     """
 
     clients: int
@@ -96,7 +96,7 @@ class Manifest:
     type_names: tuple[str, ...]
     max_train_pairs: int
     train_pairs: tuple[int, ...] = ()
-    users: tuple[int, ...] = ()
+    units: tuple[int, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)  # how the data was built (counts, source)
     schema: int = MANIFEST_SCHEMA
 
@@ -109,7 +109,7 @@ class Manifest:
                 f"manifest: {self.train_clients} train + {self.unseen_clients} unseen clients "
                 f"!= {self.clients} clients"
             )
-        for name in ("train_pairs", "users"):
+        for name in ("train_pairs", "units"):
             value = getattr(self, name)
             if value and len(value) != self.train_clients:
                 raise RunDirError(
@@ -124,7 +124,7 @@ class Manifest:
         obj = asdict(self)
         obj["type_names"] = list(self.type_names)
         obj["train_pairs"] = list(self.train_pairs)
-        obj["users"] = list(self.users)
+        obj["units"] = list(self.units)
         return json.dumps(obj, indent=2)
 
 
@@ -158,7 +158,7 @@ def read_manifest(run_dir: RunDir) -> Manifest:
     try:
         return Manifest(
             **{
-                k: tuple(v) if k in ("type_names", "train_pairs", "users") else v
+                k: tuple(v) if k in ("type_names", "train_pairs", "units") else v
                 for k, v in raw.items()
             }
         )
@@ -176,7 +176,8 @@ class NodeConfig:
     privacy plan (0.0 when DP is off). ``ledger`` is where the node commits its DP events;
     ``identity`` and ``roster`` are its secure-aggregation keys (empty when off);
     ``max_train_pairs`` and ``train_clients`` are the public bounds its secure-aggregation
-    encoding is sized for (the largest weight and the most summed clients).
+    encoding is sized for (the largest weight and the most summed clients); ``distributed`` the
+    distributed-DP mechanism it follows (``privacy.plan.DistributedParams``; empty otherwise).
     """
 
     partition_id: int
@@ -190,7 +191,9 @@ class NodeConfig:
     delta: float = 0.0
     max_train_pairs: int = 0
     train_clients: int = 0
+    clip_range: float = 0.0  # fixed-point clip range (secure aggregation without DDG)
     schema: int = NODE_CONFIG_SCHEMA
+    distributed: dict[str, Any] = field(default_factory=dict)  # distributed-DP mechanism (plan)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_toml(self) -> str:
@@ -220,15 +223,8 @@ def read_node_config(path: str | Path) -> NodeConfig:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise RunDirError(f"node config {str(p)!r} has unknown keys {unknown}")
-    types = {
-        "partition_id": int,
-        "noise_multiplier": float,
-        "delta": float,
-        "extra": dict,
-        "max_train_pairs": int,
-        "train_clients": int,
-        "schema": int,
-    }
+    base = {"int": int, "float": float, "str": str}
+    types = {f.name: base.get(str(f.type), dict) for f in fields(NodeConfig)}
     for key, value in raw.items():
         want = types.get(key, str)
         ok = isinstance(value, want) or (want is float and isinstance(value, int))
@@ -236,7 +232,7 @@ def read_node_config(path: str | Path) -> NodeConfig:
             raise RunDirError(
                 f"node config {str(p)!r}: {key} must be {want.__name__}. Found {value!r}."
             )
-    for key in ("noise_multiplier", "delta"):
+    for key in (k for k, t in types.items() if t is float):
         if key in raw:
             raw[key] = float(raw[key])
     try:

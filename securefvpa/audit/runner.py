@@ -106,7 +106,6 @@ def train_federated(
     from securefvpa.privacy.plan import load_plan
     from securefvpa.rounds.engine import run_rounds
     from securefvpa.rounds.finish import initial_parameters
-    from securefvpa.rounds.local import LocalTransport
     from securefvpa.rounds.prepare import prepare_local
     from securefvpa.rundir import RunDir
 
@@ -115,13 +114,14 @@ def train_federated(
     rd = RunDir(work_dir)
     for stale in (rd.default_ledger, rd.plan, rd.journal):
         stale.unlink(missing_ok=True)
-    manifest, nodes = prepare_local(cfg, data.train_pairs, data.split, rd, data={})
+    local = prepare_local(cfg, data.train_pairs, data.split, rd, data={})
+    manifest = local.manifest
     plan = load_plan(cfg, rd)
     if plan is None:  # prepare_local writes it for every DP config
         raise ConfigError(f"no privacy plan in {str(rd.plan)!r} after preparing the audit run")
     start = time.perf_counter()
     result = run_rounds(
-        LocalTransport(nodes, dp=_train_dp(plan, inject), evaluate=False),
+        local.transport(dp=_train_dp(plan, inject), evaluate=False),
         cfg,
         initial_params=initial_parameters(cfg, manifest),
     )

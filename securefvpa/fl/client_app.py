@@ -30,6 +30,7 @@ from securefvpa.fl.node import NodeResolver
 from securefvpa.fl.secagg_mod import make_secagg_mod
 from securefvpa.fl.wire import (
     CONFIG,
+    RING,
     STATUS_OK,
     EvalReply,
     Instruction,
@@ -84,6 +85,10 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
             train_loss=res.train_loss if math.isfinite(res.train_loss) else None,
             epsilon=res.epsilon,
         )
+        if res.status == STATUS_OK and res.ring is not None:
+            # distributed noise: the ring vector; the secure-aggregation mod keeps it on the
+            # node and sends it only masked (distributed mode requires secure aggregation)
+            return Message(make_content(arrays={RING: res.ring}, reply=reply), reply_to=msg)
         if res.status == STATUS_OK and res.update is not None:
             weighted = {k: v * res.num_examples for k, v in res.update.items()}
             return Message(make_content(arrays=weighted, reply=reply), reply_to=msg)

@@ -4,12 +4,14 @@ Messages whose :class:`~securefvpa.fl.wire.Instruction` has ``secagg = true`` ar
 all others pass through.
 
 - ``secagg-stage = "train"``: the wrapped train handler runs one local round (DP-SGD, guard,
-  ledger as usual). Its update ``w * update`` is *not* returned: the mod keeps ``update`` and
-  ``w`` in the node's own state and replies with the scalar statistics only.
+  ledger as usual). Its update is *not* returned: the mod encodes it into the ring (fixed point
+  ``[q(w * update), w, clipped count]``, or, with distributed noise, the ring vector the round
+  produced) and keeps that vector in the node's own state; it replies with the scalars only.
 - ``secagg-stage = "protocol"``: one request of the Bonawitz et al. protocol
   (``securefvpa.secagg``), carried as bytes in ``secagg-payload``. The masked-input request is
-  answered with ``encode(update, spec, weight=w)`` masked by the protocol, so the server only
-  ever sees masked vectors and, at the end, the sum over the surviving clients.
+  answered with the stored vector masked by the protocol, so the server only ever sees masked
+  vectors and, at the end, the sum over the surviving clients. With distributed noise the client
+  refuses to help unmask a sum of fewer than the ``t`` masked inputs its noise was sized for.
 
 Everything that decides what the client accepts comes from the client's side — its identity
 key and roster (paths from its node config), and the policy (ring bits, vector length, graph
@@ -33,6 +35,7 @@ from securefvpa.fl.node import NodeResolver
 from securefvpa.fl.wire import (
     CONFIG,
     REPLY,
+    RING,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
     STATUS_OK,
@@ -43,24 +46,20 @@ from securefvpa.fl.wire import (
     get_arrays,
     get_config,
     make_content,
-    record_to_arrays,
 )
-from securefvpa.rounds.encoding import client_policy, fixed_point_spec, flatten
+from securefvpa.rounds.encoding import RoundCodec, client_policy
 from securefvpa.secagg import SecAggClient
 from securefvpa.secagg.keys import load_identity, load_roster
 from securefvpa.secagg.messages import MessageType, peek_type
-from securefvpa.secagg.quantization import encode
 
 STATE_KEY = "secagg-round"  # ConfigRecord: the protocol client's state (secret)
-UPDATE_KEY = "secagg-update"  # ArrayRecord: this round's update (secret until masked)
-WEIGHT_KEY = "secagg-weight"  # ConfigRecord: this round's weight (example count)
+RING_KEY = "secagg-ring"  # ArrayRecord: this round's ring vector (secret until masked)
 USED_KEY = "secagg-used"  # ConfigRecord: (session, round) pairs already taken part in
 
 
 def _clear(context: Context) -> None:
     context.state.config_records.pop(STATE_KEY, None)
-    context.state.array_records.pop(UPDATE_KEY, None)
-    context.state.config_records.pop(WEIGHT_KEY, None)
+    context.state.array_records.pop(RING_KEY, None)
 
 
 def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
@@ -73,7 +72,7 @@ def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
         if not ins.secagg:
             return call_next(msg, context)
         if ins.secagg_stage == STAGE_TRAIN:
-            return _train_stage(msg, context, call_next)
+            return _train_stage(msg, context, call_next, resolver)
         if ins.secagg_stage == STAGE_PROTOCOL:
             return _protocol_stage(msg, context, ins, resolver)
         raise ProtocolAbort(f"secure-aggregation message without a stage: {ins.secagg_stage!r}")
@@ -81,22 +80,36 @@ def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
     return secagg_mod
 
 
-def _train_stage(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def _train_stage(
+    msg: Message, context: Context, call_next: ClientAppCallable, resolver: NodeResolver
+) -> Message:
+    """Run the local round and keep its ring vector in the node's own state (nothing leaves).
+
+    Distributed noise: the round already produced the ring vector (rounded units + this
+    client's noise share). Otherwise the weighted update is encoded here in fixed point, its
+    clipped coordinates counted (``secagg.quantization``)."""
     _clear(context)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     rec = get_config(reply.content, REPLY, TrainReply)
     if rec.status == STATUS_OK:
-        weighted = get_arrays(reply.content)
-        w = rec.num_examples
-        # Kept as float32 (the parameters' own precision; the relative rounding, 6e-8, is far
-        # below the fixed-point step): the node state travels with every protocol message.
-        update = {
-            k: (np.asarray(v, dtype=np.float64) / w).astype(np.float32) for k, v in weighted.items()
-        }
-        context.state.array_records[UPDATE_KEY] = arrays_to_record(update)
-        context.state.config_records[WEIGHT_KEY] = ConfigRecord({"weight": w})
+        arrays = get_arrays(reply.content)
+        if RING in arrays:
+            ring = np.ascontiguousarray(arrays[RING])
+        else:
+            node, client = resolver.resolve(context)
+            w = rec.num_examples
+            codec = RoundCodec.for_run(
+                client.cfg,
+                clip_range=node.clip_range,
+                max_weight=node.max_train_pairs,
+                max_clients=node.train_clients,
+            )
+            ring = codec.encode_update(
+                {k: np.asarray(v, dtype=np.float64) / w for k, v in arrays.items()}, w
+            )
+        context.state.array_records[RING_KEY] = arrays_to_record({RING: ring})
     return Message(make_content(reply=rec), reply_to=msg)
 
 
@@ -108,17 +121,21 @@ def _protocol_stage(
     if ins.secagg_payload is None or ins.secagg_session is None:
         raise ProtocolAbort("protocol message without secagg-payload or secagg-session")
     payload = ins.secagg_payload
-    if UPDATE_KEY not in context.state.array_records:
+    if RING_KEY not in context.state.array_records:
         raise ProtocolAbort("no local update for this round: the train stage did not run here")
-    update = context.state.array_records[UPDATE_KEY]
-    weight = int(context.state.config_records[WEIGHT_KEY]["weight"])
-    # The policy needs only the length; the update itself is read and flattened (megabytes at
-    # d = 10^6) only for the masked-input request.
-    length = sum(int(np.prod(a.shape)) for a in update.values())
+    stored = context.state.array_records[RING_KEY][RING]
+    # The policy needs only the length; the vector itself (megabytes at d = 10^6) is read only
+    # for the masked-input request.
     cfg = client.cfg
     identity = load_identity(Path(node.identity))
     roster = load_roster(Path(node.roster))
-    policy = client_policy(cfg, vector_length=length + 1, max_participants=node.train_clients)
+    min_survivors = int(node.distributed.get("threshold", 0))
+    policy = client_policy(
+        cfg,
+        vector_length=int(np.prod(stored.shape)),
+        max_participants=node.train_clients,
+        min_survivors=min_survivors,
+    )
     try:
         if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
             tag = f"{ins.secagg_session}:{ins.round}:{ins.attempt}"
@@ -145,13 +162,7 @@ def _protocol_stage(
                 roster=roster,
                 policy=policy,  # type: ignore[arg-type]
             )
-        x = None
-        if sac.needs_input:
-            vector = flatten(record_to_arrays(update))
-            spec = fixed_point_spec(
-                cfg, max_weight=node.max_train_pairs, max_clients=node.train_clients
-            )
-            x = encode(vector, spec, weight=weight)
+        x = stored.numpy() if sac.needs_input else None
         out = sac.handle(payload, input_vector=x)
     except ProtocolAbort:
         _clear(context)

@@ -31,12 +31,11 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
-from securefvpa.rounds.encoding import fixed_point_spec, session_id, unflatten, vector_length
+from securefvpa.rounds.encoding import RoundCodec, session_id, vector_length
 from securefvpa.rounds.engine import NodeInfo, RoundOutcome
 from securefvpa.rundir import Manifest
 from securefvpa.secagg import SecAggServer
 from securefvpa.secagg.graph import MIN_PARTICIPANTS
-from securefvpa.secagg.quantization import decode_weighted_mean
 
 
 class SecureTransport(Protocol):
@@ -47,6 +46,9 @@ class SecureTransport(Protocol):
     cfg_hash: str
     manifest: Manifest
     roster: Any
+    codec: RoundCodec
+
+    def units_of(self, partition_id: int) -> int: ...
 
     def send(self, messages: list[Message]) -> list[Message]: ...
 
@@ -86,9 +88,7 @@ def secure_train_round(
         )
         return out
 
-    spec = fixed_point_spec(
-        cfg, max_weight=t.manifest.max_train_pairs, max_clients=t.manifest.train_clients
-    )
+    codec = t.codec
     d = vector_length(params)
     node_of = {n.partition_id: n for n in ready}
     pid_of = {n.node_id: n.partition_id for n in ready}
@@ -97,7 +97,7 @@ def secure_train_round(
         session_id=sid,
         round_id=rnd,
         participants=sorted(node_of),
-        vector_length=d + 1,
+        vector_length=codec.vector_length(d),
         bits=cfg.secagg.bits,
         degree=cfg.secagg.degree,
         threshold_fraction=cfg.secagg.threshold,
@@ -148,10 +148,13 @@ def secure_train_round(
         raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
     result = server.result
     contributors = sorted(result.contributors)
-    mean = decode_weighted_mean(result.vector, spec, len(contributors))
-    out.mean_update = {
-        k: np.asarray(v, dtype=np.float64) for k, v in unflatten(mean, params).items()
-    }
+    out.mean_update, stats = codec.decode(
+        result.vector,
+        like=params,
+        units=[t.units_of(pid) for pid in contributors],
+        rnd=rnd,
+        attempt=attempt,
+    )
     out.trained = contributors
     out.failed += [p for p in node_of if p not in contributors]
     out.extra = {
@@ -164,7 +167,7 @@ def secure_train_round(
             "protocol_seconds": time.perf_counter() - t0 - train_seconds,
             "bytes_sent": server.bytes_sent,
             "bytes_received": server.bytes_received,
-            "scale": spec.scale,
         }
+        | stats
     }
     return out

@@ -42,6 +42,8 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
+from securefvpa.privacy.plan import load_plan
+from securefvpa.rounds.encoding import RoundCodec
 from securefvpa.rounds.engine import (
     NodeInfo,
     RoundOutcome,
@@ -51,6 +53,7 @@ from securefvpa.rounds.engine import (
 )
 from securefvpa.rounds.evaluation import combine_eval
 from securefvpa.rounds.finish import finish_run, initial_parameters
+from securefvpa.rounds.prepare import run_clip_range
 from securefvpa.rounds.progress import make_progress
 from securefvpa.rundir import Manifest, RunDir, read_manifest
 from securefvpa.secagg.keys import load_roster
@@ -74,13 +77,26 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 class FlowerTransport:
     """The round engine's transport over a Flower Grid."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, manifest: Manifest, *, roster: Any = None):
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        manifest: Manifest,
+        *,
+        roster: Any = None,
+        codec: RoundCodec | None = None,
+    ):
         self.grid = grid
         self.cfg = cfg
         self.cfg_hash = config_hash(cfg)
         self.manifest = manifest
         self.roster = roster
+        self.codec = codec
         self.nodes: list[NodeInfo] = []
+
+    def units_of(self, partition_id: int) -> int:
+        """Public unit count of a training client (the expected-batch denominator)."""
+        return int(self.manifest.units[partition_id])
 
     # -- messaging -------------------------------------------------------------------------
     def send(self, messages: list[Message]) -> list[Message]:
@@ -229,7 +245,17 @@ def serve(
     cfg = load_config(run_dir.config)
     manifest = read_manifest(run_dir)
     roster = load_roster(run_dir.roster) if cfg.secagg.enabled else None
-    transport = FlowerTransport(grid, cfg, manifest, roster=roster)
+    codec = None
+    if cfg.secagg.enabled:
+        plan = load_plan(cfg, run_dir) if cfg.privacy.enabled else None
+        codec = RoundCodec.for_run(
+            cfg,
+            clip_range=run_clip_range(cfg, manifest, plan),
+            max_weight=manifest.max_train_pairs,
+            max_clients=manifest.train_clients,
+            distributed=None if plan is None else plan.distributed,
+        )
+    transport = FlowerTransport(grid, cfg, manifest, roster=roster, codec=codec)
     store = RunDirStore(
         run_dir.checkpoint, run_dir.journal, config_hash=transport.cfg_hash, resume=resume
     )

@@ -41,6 +41,7 @@ MSG_EVALUATE = "evaluate"
 ARRAYS = "arrays"
 CONFIG = "config"
 REPLY = "reply"
+RING = "ddg-ring"  # distributed noise: the client's ring vector (never leaves the node unmasked)
 
 STAGE_TRAIN = "train"  # secure aggregation: train, keep the update on the node
 STAGE_PROTOCOL = "protocol"  # secure aggregation: one request of the protocol (bytes)
@@ -55,6 +56,7 @@ __all__ = [
     "NODE_CONFIG_KEY",
     "PARTITION_KEY",
     "REPLY",
+    "RING",
     "STAGE_PROTOCOL",
     "STAGE_TRAIN",
     "STATUSES",

@@ -11,7 +11,14 @@ DP-SGD; the server uses it for the report.
   the budget guard enforces ``budget_epsilon`` whatever the client's actual participation.
 - delta: ``privacy.delta`` when given, else ``min(1e-5, 1 / (10 * n))`` with ``n`` the largest
   number of training pairs of a client; a delta >= 1/n is refused.
-- relation: replace-one (substitution of one preference pair; see ``train.private``).
+- relation: replace-one (substitution of one unit — a preference pair, or a user's whole
+  profile under ``privacy.unit = "user"``; see ``train.private``): unit counts are public.
+- distributed noise (``privacy.noise = "distributed"``): the discrete mechanism's parameters
+  (grid ``gamma``, each client's share ``local_sigma``, the threshold ``t`` the noise is sized
+  for) are chosen once by the launcher (``securefvpa.secagg.ddg.plan``, called from
+  ``securefvpa.rounds.prepare``) and carried here as plain numbers (:class:`DistributedParams`),
+  so the ledger event of a round (:class:`~securefvpa.privacy.ddg.DdgEvent`) is fixed before any
+  client trains.
 - ledger: every client appends one event per round attempt it trains *before* its update leaves
   it (:meth:`PrivacyPlan.commit`), and a "declined" entry when the guard refuses
   (:meth:`PrivacyPlan.authorize` raises :class:`PrivacyBudgetExhausted`).
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from securefvpa.config import PrivacyConfig, RunConfig, config_hash
 from securefvpa.errors import ConfigError, PrivacyBudgetExhausted, RunDirError
 from securefvpa.fsutil import atomic_write_text
 from securefvpa.privacy.calibrate import calibrate_noise_multiplier
+from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
 from securefvpa.privacy.events import DpSgdEvent
 from securefvpa.privacy.guard import BudgetGuard, Decision
 from securefvpa.privacy.ledger import Ledger
@@ -116,6 +124,33 @@ def calibrated_noise_multiplier(cfg: RunConfig, *, delta: float) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistributedParams:
+    """The distributed discrete-Gaussian mechanism of a run (see ``securefvpa.secagg.ddg``).
+
+    ``gamma``: float value of one ring level; ``local_sigma``: each client's share
+    N_Z(0, sigma^2) in levels; ``threshold``: t, the fewest masked inputs any unmasked sum holds
+    (honest clients enforce it); ``max_colluding``: T; ``dim``: the model's vector length and
+    ``padded_dim`` the noised ring coordinates; ``beta``, ``bits``, ``block_size``: rounding,
+    ring and rotation; ``central_noise_multiplier``: sqrt(t - T) sigma gamma / C (reports).
+    """
+
+    gamma: float
+    local_sigma: float
+    threshold: int
+    max_colluding: int
+    dim: int
+    padded_dim: int
+    beta: float
+    bits: int
+    block_size: int
+    central_noise_multiplier: float
+
+    @property
+    def honest_shares(self) -> int:
+        return self.threshold - self.max_colluding
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrivacyPlan:
     """sigma, delta and the relation of a run, and the guard and ledger calls of a client."""
 
@@ -125,22 +160,42 @@ class PrivacyPlan:
     delta: float
     ledger: Path
     relation: str = RELATION
+    distributed: DistributedParams | None = None
 
     @classmethod
-    def resolve(cls, cfg: RunConfig, *, max_train_pairs: int, ledger: Path) -> PrivacyPlan:
-        """Resolve delta, then sigma (given or calibrated): what the launcher does once."""
+    def resolve(
+        cls,
+        cfg: RunConfig,
+        *,
+        max_train_pairs: int,
+        ledger: Path,
+        distributed: DistributedParams | None = None,
+    ) -> PrivacyPlan:
+        """Resolve delta, then sigma (given or calibrated): what the launcher does once.
+
+        In distributed mode the mechanism is resolved by the caller (it needs the secure-
+        aggregation ring: ``securefvpa.rounds.prepare.resolve_distributed``) and passed in;
+        sigma is then its central noise multiplier.
+        """
         delta = resolve_delta(cfg.privacy, max_train_pairs=max_train_pairs)
-        sigma = (
-            calibrated_noise_multiplier(cfg, delta=delta)
-            if cfg.privacy.calibrate_sigma
-            else given_noise_multiplier(cfg.privacy)
-        )
+        if cfg.privacy.noise == "distributed":
+            if distributed is None:
+                raise ConfigError(
+                    "privacy.noise = 'distributed': resolve the discrete mechanism first "
+                    "(securefvpa.rounds.prepare.resolve_distributed)"
+                )
+            sigma = distributed.central_noise_multiplier
+        elif cfg.privacy.calibrate_sigma:
+            sigma = calibrated_noise_multiplier(cfg, delta=delta)
+        else:
+            sigma = given_noise_multiplier(cfg.privacy)
         return cls(
             privacy=cfg.privacy,
             local_steps=cfg.federation.local_steps,
             noise_multiplier=sigma,
             delta=delta,
             ledger=ledger,
+            distributed=distributed,
         )
 
     @classmethod
@@ -152,12 +207,22 @@ class PrivacyPlan:
                 f"{node.ledger!r}, noise_multiplier {node.noise_multiplier}, delta {node.delta}) "
                 "but its run config enables DP"
             )
+        distributed = None
+        if cfg.privacy.noise == "distributed":
+            try:
+                distributed = DistributedParams(**node.distributed)
+            except TypeError as exc:
+                raise RunDirError(
+                    f"node config of partition {node.partition_id}: the run uses distributed "
+                    f"noise but its [distributed] table is incomplete: {exc}"
+                ) from None
         return cls(
             privacy=cfg.privacy,
             local_steps=cfg.federation.local_steps,
             noise_multiplier=node.noise_multiplier,
             delta=node.delta,
             ledger=Path(node.ledger),
+            distributed=distributed,
         )
 
     def dp_settings(self) -> DPSettings:
@@ -169,8 +234,29 @@ class PrivacyPlan:
             grad_sample_mode=p.grad_sample_mode,
         )
 
-    def event(self, *, client_id: str, round: int, attempt: int = 1) -> DpSgdEvent:
+    def event(self, *, client_id: str, round: int, attempt: int = 1) -> PrivacyEvent:
+        """The ledger event of one round attempt (a :class:`DdgEvent` in distributed mode)."""
         p = self.privacy
+        dist = self.distributed
+        if dist is not None:
+            return DdgEvent(
+                client_id=client_id,
+                round=round,
+                attempt=attempt,
+                unit=p.unit,
+                relation=self.relation,
+                sample_rate=p.sample_rate,
+                clip=p.clip,
+                gamma=dist.gamma,
+                beta=dist.beta,
+                dim=dist.padded_dim,
+                local_sigma=dist.local_sigma,
+                honest_shares=dist.honest_shares,
+                threshold=dist.threshold,
+                max_colluding=dist.max_colluding,
+                bits=dist.bits,
+                block_size=dist.block_size,
+            )
         return DpSgdEvent(
             client_id=client_id,
             round=round,
@@ -230,10 +316,13 @@ class PrivacyPlan:
             "noise_multiplier": self.noise_multiplier,
             "delta": self.delta,
             "relation": self.relation,
+            "unit": self.privacy.unit,
+            "noise": self.privacy.noise,
             "planned_rounds": planned_rounds(cfg),
             "target_epsilon": self.privacy.target_epsilon,
             "budget_epsilon": self.privacy.budget_epsilon,
             "sigma_source": "calibrated" if self.privacy.calibrate_sigma else "config",
+            "distributed": None if self.distributed is None else asdict(self.distributed),
         }
 
 
@@ -241,12 +330,27 @@ def run_id(cfg: RunConfig) -> str:
     return cfg.run_id or f"run-{config_hash(cfg)[:12]}"
 
 
-def start_ledger(cfg: RunConfig, run_dir: RunDir, *, max_train_pairs: int) -> PrivacyPlan:
-    """Resolve the plan once (or reload it on ``--resume``), save it, open the ledger's run."""
+def start_ledger(
+    cfg: RunConfig,
+    run_dir: RunDir,
+    *,
+    max_train_pairs: int,
+    distributed: Any = None,
+) -> PrivacyPlan:
+    """Resolve the plan once (or reload it on ``--resume``), save it, open the ledger's run.
+
+    ``distributed`` is a callable returning :class:`DistributedParams` given delta, called only
+    when a distributed plan has to be resolved (it takes seconds: a calibration)."""
     plan = load_plan(cfg, run_dir)
     if plan is None:
+        params = None
+        if cfg.privacy.noise == "distributed":
+            params = distributed(resolve_delta(cfg.privacy, max_train_pairs=max_train_pairs))
         plan = PrivacyPlan.resolve(
-            cfg, max_train_pairs=max_train_pairs, ledger=ledger_path(cfg, run_dir)
+            cfg,
+            max_train_pairs=max_train_pairs,
+            ledger=ledger_path(cfg, run_dir),
+            distributed=params,
         )
         atomic_write_text(run_dir.plan, json.dumps(plan.summary(cfg), indent=2))
     with Ledger(plan.ledger) as ledger:
@@ -267,12 +371,20 @@ def load_plan(cfg: RunConfig, run_dir: RunDir) -> PrivacyPlan | None:
         raise RunDirError(f"privacy plan {str(path)!r} is unreadable: {exc}") from None
     if not same:
         return None
+    dist = saved.get("distributed")
+    try:
+        params = None if dist is None else DistributedParams(**dist)
+    except TypeError as exc:
+        raise RunDirError(
+            f"privacy plan {str(path)!r}: bad distributed parameters: {exc}"
+        ) from None
     return PrivacyPlan(
         privacy=cfg.privacy,
         local_steps=cfg.federation.local_steps,
         noise_multiplier=sigma,
         delta=delta,
         ledger=ledger_path(cfg, run_dir),
+        distributed=params,
     )
 
 

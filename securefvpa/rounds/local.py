@@ -19,6 +19,7 @@ import numpy as np
 
 from securefvpa.errors import FederationError
 from securefvpa.privacy.plan import DPSettings
+from securefvpa.rounds.encoding import RoundCodec
 from securefvpa.rounds.engine import NodeInfo, RoundOutcome, weighted_mean
 from securefvpa.rounds.evaluation import combine_eval
 from securefvpa.train.client import STATUS_DECLINED, ClientNode, local_evaluate, local_train_round
@@ -28,7 +29,13 @@ log = logging.getLogger("securefvpa.rounds")
 
 class LocalTransport:
     """Rounds over ``nodes`` in this process. ``dp`` overrides the DP settings used for training
-    (the audit's injections; the ledger still records each node's planned event)."""
+    (the audit's injections; the ledger still records each node's planned event).
+
+    With a ``codec`` (secure aggregation on) every client vector is encoded into the ring exactly
+    as the secure-aggregation mod encodes it (fixed point, or distributed noise) and the server
+    decodes the plain ring sum — what secure aggregation returns, since the masks cancel.
+    ``units`` gives each training client's public unit count (the distributed denominator).
+    """
 
     def __init__(
         self,
@@ -36,6 +43,8 @@ class LocalTransport:
         *,
         dp: DPSettings | None = None,
         evaluate: bool = True,
+        codec: RoundCodec | None = None,
+        units: dict[int, int] | None = None,
     ) -> None:
         if not nodes:
             raise FederationError("LocalTransport needs at least one client node. Found none.")
@@ -43,6 +52,8 @@ class LocalTransport:
         self.cfg = nodes[0].cfg
         self.dp = dp
         self.do_evaluate = evaluate
+        self.codec = codec
+        self.units = units or {}
         self.last_eval_rows: list[tuple[int, str, Any]] = []
 
     def discover(self) -> list[NodeInfo]:
@@ -61,27 +72,50 @@ class LocalTransport:
     ) -> RoundOutcome:
         out = RoundOutcome(mean_update=None)
         replies: list[tuple[int, float, dict[str, np.ndarray]]] = []
+        rings: list[tuple[int, np.ndarray]] = []
         losses: list[float] = []
         eps: list[float] = []
         for info in sampled:
             res = local_train_round(
                 self.nodes[info.partition_id], params, rnd=rnd, attempt=attempt, dp=self.dp
             )
-            if res.status == STATUS_DECLINED or res.update is None:
+            if res.status == STATUS_DECLINED:
                 out.declined.append(info.partition_id)
                 continue
-            w = res.num_examples
-            replies.append((info.partition_id, w, {k: v * w for k, v in res.update.items()}))
+            if self.codec is not None:
+                ring = res.ring
+                if ring is None and res.update is not None:
+                    ring = self.codec.encode_update(res.update, res.num_examples)
+                if ring is not None:
+                    rings.append((info.partition_id, ring))
+            elif res.update is not None:
+                w = res.num_examples
+                replies.append((info.partition_id, w, {k: v * w for k, v in res.update.items()}))
             if math.isfinite(res.train_loss):
                 losses.append(res.train_loss)
             if res.epsilon is not None:
                 eps.append(res.epsilon)
-        out.mean_update, out.trained, rejected = weighted_mean(replies, params)
-        for pid, reason in rejected:
-            log.warning(
-                "round %d: client %d sent a malformed update (%s); ignored", rnd, pid, reason
-            )
-            out.failed.append(pid)
+        if self.codec is not None:
+            if rings:
+                total = np.zeros_like(rings[0][1])
+                for _, ring in rings:
+                    total += ring  # modulo 2^bits: the unsigned dtype wraps
+                out.trained = [pid for pid, _ in rings]
+                out.mean_update, stats = self.codec.decode(
+                    total,
+                    like=params,
+                    units=[self.units.get(pid, 0) for pid in out.trained],
+                    rnd=rnd,
+                    attempt=attempt,
+                )
+                out.extra = {"secagg": {"contributors": len(rings)} | stats}
+        else:
+            out.mean_update, out.trained, rejected = weighted_mean(replies, params)
+            for pid, reason in rejected:
+                log.warning(
+                    "round %d: client %d sent a malformed update (%s); ignored", rnd, pid, reason
+                )
+                out.failed.append(pid)
         out.train_loss = float(np.mean(losses)) if losses else None
         out.epsilon_max = max(eps) if eps else None
         return out

@@ -8,6 +8,7 @@ reads the manifest once. Imports neither flwr nor torch.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ from securefvpa.config import RunConfig, config_hash
 from securefvpa.data.dataset import EmbeddedPairs, UserSplit
 from securefvpa.data.partition import make_partitions, save_partition
 from securefvpa.errors import ConfigError
-from securefvpa.privacy.plan import PrivacyPlan, load_plan, start_ledger
+from securefvpa.privacy.plan import (
+    DistributedParams,
+    PrivacyPlan,
+    given_noise_multiplier,
+    load_plan,
+    planned_rounds,
+    start_ledger,
+)
 from securefvpa.rundir import (
     Manifest,
     NodeConfig,
@@ -28,15 +36,38 @@ from securefvpa.rundir import (
 from securefvpa.secagg.graph import MIN_PARTICIPANTS
 
 
+def clients_per_round(cfg: RunConfig, train_clients: int) -> int:
+    """How many training clients a round samples (``rounds.engine.sample_indices``)."""
+    fed = cfg.federation
+    return min(
+        train_clients, max(fed.min_fit_clients, math.ceil(fed.fraction_fit * train_clients))
+    )
+
+
+def units_per_client(cfg: RunConfig, part: Any) -> int:
+    """Privacy units a client holds per step (episodes, or users): counts only, no content."""
+    import numpy as np
+
+    from securefvpa.train.episodes import unit_episodes
+
+    return len(
+        unit_episodes(
+            part.pairs,
+            part.users,
+            unit=cfg.privacy.unit,
+            train_cfg=cfg.train,
+            rng=np.random.default_rng(0),
+        )
+    )
+
+
 def check_secagg_population(cfg: RunConfig, train_clients: int) -> None:
     """Secure aggregation needs >= MIN_PARTICIPANTS clients in every round: refuse a config
     whose rounds would sample fewer, before any client trains (and spends epsilon)."""
     if not cfg.secagg.enabled:
         return
     fed = cfg.federation
-    per_round = min(
-        train_clients, max(fed.min_fit_clients, math.ceil(fed.fraction_fit * train_clients))
-    )
+    per_round = clients_per_round(cfg, train_clients)
     minimum = max(MIN_PARTICIPANTS, fed.min_fit_clients)
     if per_round < minimum:
         raise ConfigError(
@@ -64,7 +95,7 @@ def prepare_federated(
         type_names=tuple(pairs.type_names),
         max_train_pairs=max(p.n_train_pairs for p in parts),
         train_pairs=tuple(p.n_train_pairs for p in train),
-        users=tuple(p.n_train_users for p in train),
+        units=tuple(units_per_client(cfg, p) for p in train),
         data=data,
     )
     write_manifest(run_dir, manifest)
@@ -75,16 +106,111 @@ def prepare_federated(
     return manifest
 
 
+def resolve_distributed(cfg: RunConfig, manifest: Manifest, delta: float) -> DistributedParams:
+    """Choose the distributed discrete-Gaussian mechanism of a run (``secagg.ddg.plan``).
+
+    Each round samples ``n`` clients; honest clients refuse to unmask a sum of fewer than
+    ``t = ceil(secagg.threshold * n)`` masked inputs, of which at most ``T =
+    privacy.max_colluding_clients`` may subtract their own share, so ``t - T`` honest shares are
+    accounted. The ring must not wrap with probability above ``secagg.max_wrap_probability``
+    when every unit of every sampled client is sampled (``manifest.units``). With
+    ``privacy.noise_multiplier`` given (the central sigma), only the grid is chosen.
+    """
+    from securefvpa.secagg import ddg
+
+    p, s = cfg.privacy, cfg.secagg
+    n = clients_per_round(cfg, manifest.train_clients)
+    t = math.ceil(s.threshold * n)
+    if p.max_colluding_clients >= t:
+        raise ConfigError(
+            f"privacy.max_colluding_clients must be below the threshold t = ceil({s.threshold} x "
+            f"{n} clients per round) = {t}: with T >= t no honest noise share is guaranteed. "
+            f"Found {p.max_colluding_clients}."
+        )
+    dim = int(sum(manifest_param_sizes(cfg, manifest)))
+    max_units = max(1, sum(sorted(manifest.units, reverse=True)[:n]))
+    if p.calibrate_sigma:
+        out = ddg.plan(
+            target_epsilon=p.target_epsilon,
+            delta=delta,
+            rounds=planned_rounds(cfg),
+            sample_rate=p.sample_rate,
+            clip=p.clip,
+            dim=dim,
+            threshold=t,
+            max_colluding=p.max_colluding_clients,
+            max_shares=n,
+            max_units=max_units,
+            wrap_bound=s.max_wrap_probability,
+            bits=s.bits,
+            block_size=s.rotation_block,
+            beta=s.rounding_beta,
+            relation="replace_one",
+        )
+        spec = out.spec
+    else:
+        local_std = given_noise_multiplier(p) * p.clip / math.sqrt(t - p.max_colluding_clients)
+        gamma = ddg.choose_gamma(
+            clip=p.clip, local_std=local_std, dim=dim, max_units=max_units, max_shares=n,
+            wrap_bound=s.max_wrap_probability, bits=s.bits, block_size=s.rotation_block,
+            beta=s.rounding_beta,
+        )  # fmt: skip
+        spec = ddg.DdgSpec(
+            dim=dim, clip=p.clip, gamma=gamma, local_sigma=local_std / gamma,
+            beta=s.rounding_beta, bits=s.bits, block_size=s.rotation_block,
+        )  # fmt: skip
+    h = t - p.max_colluding_clients
+    return DistributedParams(
+        gamma=spec.gamma,
+        local_sigma=spec.local_sigma,
+        threshold=t,
+        max_colluding=p.max_colluding_clients,
+        dim=dim,
+        padded_dim=spec.padded_dim,
+        beta=spec.beta,
+        bits=spec.bits,
+        block_size=spec.block_size,
+        central_noise_multiplier=math.sqrt(h) * spec.local_sigma * spec.gamma / p.clip,
+    )
+
+
+def manifest_param_sizes(cfg: RunConfig, manifest: Manifest) -> list[int]:
+    """Sizes of the model's parameter arrays (the vector a round aggregates)."""
+    from securefvpa.rounds.finish import initial_parameters
+
+    return [int(v.size) for v in initial_parameters(cfg, manifest).values()]
+
+
+def run_clip_range(cfg: RunConfig, manifest: Manifest, plan: PrivacyPlan | None) -> float:
+    """The fixed-point clip range both sides use (``rounds.encoding.resolve_clip_range``)."""
+    from securefvpa.rounds.encoding import resolve_clip_range
+
+    if not cfg.secagg.enabled:
+        return 0.0
+    return resolve_clip_range(
+        cfg,
+        dim=int(sum(manifest_param_sizes(cfg, manifest))),
+        min_units=min(manifest.units, default=1),
+        sigma=plan.noise_multiplier if plan is not None else 0.0,
+    )
+
+
 def start_privacy(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> PrivacyPlan | None:
     """Resolve (or reload) the privacy plan and open the ledger's run (DP runs)."""
     if not cfg.privacy.enabled:
         return None
-    return start_ledger(cfg, run_dir, max_train_pairs=manifest.max_train_pairs)
+    return start_ledger(
+        cfg,
+        run_dir,
+        max_train_pairs=manifest.max_train_pairs,
+        distributed=lambda delta: resolve_distributed(cfg, manifest, delta),
+    )
 
 
 def write_node_configs(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> list[Path]:
     """One node config per client under ``RUN_DIR/nodes/`` (what simulation nodes read)."""
     plan = load_plan(cfg, run_dir) if cfg.privacy.enabled else None
+    clip_range = run_clip_range(cfg, manifest, plan)
     paths = []
     for pid in range(manifest.clients):
         train = pid < manifest.train_clients
@@ -100,6 +226,10 @@ def write_node_configs(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> l
             delta=plan.delta if plan is not None else 0.0,
             max_train_pairs=manifest.max_train_pairs,
             train_clients=manifest.train_clients,
+            clip_range=clip_range,
+            distributed={}
+            if plan is None or plan.distributed is None
+            else asdict(plan.distributed),
         )
         paths.append(write_node_config(run_dir.node_config(pid), node))
     return paths
@@ -128,9 +258,25 @@ def read_node_configs(run_dir: RunDir, manifest: Manifest) -> list[NodeConfig]:
     return [read_node_config(run_dir.node_config(pid)) for pid in range(manifest.clients)]
 
 
+@dataclass(frozen=True)
+class LocalRun:
+    """A prepared run directory with every client node loaded in this process."""
+
+    manifest: Manifest
+    nodes: list[Any]  # train.client.ClientNode
+    codec: Any  # rounds.encoding.RoundCodec, or None without secure aggregation
+
+    def transport(self, **kw: Any) -> Any:
+        """A :class:`securefvpa.rounds.local.LocalTransport` over these nodes."""
+        from securefvpa.rounds.local import LocalTransport
+
+        units = dict(enumerate(self.manifest.units))
+        return LocalTransport(self.nodes, codec=self.codec, units=units, **kw)
+
+
 def prepare_local(
     cfg: RunConfig, pairs: EmbeddedPairs, split: UserSplit, run_dir: RunDir, *, data: dict[str, Any]
-) -> tuple[Manifest, list[Any]]:
+) -> LocalRun:
     """Prepare ``run_dir`` as ``securefvpa run`` would and load every client node in this
     process (for :class:`securefvpa.rounds.local.LocalTransport`: the audit, the benchmarks)."""
     from securefvpa.config import dump_config
@@ -140,6 +286,18 @@ def prepare_local(
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.config, dump_config(cfg))
     manifest = prepare_federated(cfg, pairs, split, run_dir, data=data)
-    start_privacy(cfg, run_dir, manifest)
+    plan = start_privacy(cfg, run_dir, manifest)
     write_node_configs(cfg, run_dir, manifest)
-    return manifest, [load_node(n) for n in read_node_configs(run_dir, manifest)]
+    nodes = [load_node(n) for n in read_node_configs(run_dir, manifest)]
+    codec = None
+    if cfg.secagg.enabled:
+        from securefvpa.rounds.encoding import RoundCodec
+
+        codec = RoundCodec.for_run(
+            cfg,
+            clip_range=run_clip_range(cfg, manifest, plan),
+            max_weight=manifest.max_train_pairs,
+            max_clients=manifest.train_clients,
+            distributed=None if plan is None else plan.distributed,
+        )
+    return LocalRun(manifest, nodes, codec)

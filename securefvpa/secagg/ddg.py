@@ -82,6 +82,7 @@ running time) varies; only the summed ring vector leaves the client.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -566,6 +567,23 @@ def encode(
         units, spec=spec, rotation_seed=rotation_seed, random_bytes=random_bytes
     )
     return to_ring(signal + noise_share(spec, random_bytes=random_bytes), spec.bits)
+
+
+def rotation_seed(*, config_hash: str, round: int, attempt: int) -> bytes:
+    """The round's public 32-byte rotation seed, derived (never sent) by clients and server.
+
+    It only flattens the vector before rounding (utility and the wrap bound); privacy does not
+    depend on it (the rotation is orthogonal and the rounded norm bound is enforced exactly), so
+    a public value that both sides compute from the run config and the round is enough.
+    """
+    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        raise ConfigError(f"round must be an int >= 0. Found {round!r}.")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ConfigError(f"attempt must be an int >= 1. Found {attempt!r}.")
+    return hashlib.sha256(
+        b"securefvpa/ddg/rotation\x00" + config_hash.encode() + b"\x00"
+        + round.to_bytes(8, "big") + attempt.to_bytes(8, "big")
+    ).digest()  # fmt: skip
 
 
 def decode(ring_sum: np.ndarray, *, spec: DdgSpec, rotation_seed: bytes) -> np.ndarray:

@@ -35,6 +35,8 @@ from securefvpa.errors import FederationError, PrivacyBudgetExhausted
 from securefvpa.models.factory import build_model
 from securefvpa.privacy.plan import DPSettings, PrivacyPlan
 from securefvpa.rundir import NodeConfig
+from securefvpa.secagg.ddg import DdgSpec, rotation_seed
+from securefvpa.secagg.ddg import encode as ddg_encode
 from securefvpa.train.params import load_arrays, model_to_arrays
 
 STATUS_OK = "ok"
@@ -56,7 +58,12 @@ class ClientNode:
 
 @dataclass
 class LocalRoundResult:
-    """One local round: ``update`` is ``theta_local - theta_global`` (float64), or None."""
+    """One local round: ``update`` is ``theta_local - theta_global`` (float64), or None.
+
+    Distributed noise: ``ring`` is the round's ring vector instead (the rounded, rotated sum of
+    the sampled units' clipped gradients plus this client's discrete-Gaussian share; it leaves
+    only masked, through secure aggregation) and ``num_examples`` the client's public unit count.
+    """
 
     status: str  # STATUS_OK | STATUS_DECLINED
     update: dict[str, np.ndarray] | None
@@ -64,6 +71,7 @@ class LocalRoundResult:
     train_loss: float  # nan under DP: the raw loss is not private
     epsilon: float | None = None  # the client's epsilon after this round (DP)
     reason: str = ""
+    ring: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ def local_train_round(
     part = node.partition
     if part.role != "train":
         raise FederationError(f"partition {part.partition_id} holds unseen users and never trains")
+    if node.plan is not None and node.plan.distributed is not None:
+        return _distributed_round(node, params, rnd=rnd, attempt=attempt)
     rng = _seed_round(node, rnd)
     model = _model_for(node, params)
     fed = node.cfg.federation
@@ -208,6 +218,64 @@ def local_train_round(
     local = model_to_arrays(model)
     update = {k: local[k].astype(np.float64) - params[k].astype(np.float64) for k in params}
     return LocalRoundResult(STATUS_OK, update, part.n_train_pairs, loss, epsilon)
+
+
+def ddg_spec(node: ClientNode) -> DdgSpec:
+    """The distributed mechanism this node follows (its plan, from its node config)."""
+    if node.plan is None or node.plan.distributed is None:
+        raise FederationError(f"node {node.partition.partition_id} does not use distributed noise")
+    d = node.plan.distributed
+    return DdgSpec(
+        dim=d.dim,
+        clip=node.cfg.privacy.clip,
+        gamma=d.gamma,
+        local_sigma=d.local_sigma,
+        beta=d.beta,
+        bits=d.bits,
+        block_size=d.block_size,
+    )
+
+
+def _distributed_round(
+    node: ClientNode, params: dict[str, np.ndarray], *, rnd: int, attempt: int
+) -> LocalRoundResult:
+    """One distributed DP-SGD step (``privacy.noise = "distributed"``).
+
+    Poisson-sample the units (rate q, CSPRNG), clip each unit's gradient to C, round each unit
+    onto the ring grid and add this client's discrete-Gaussian share (``secagg.ddg.encode``):
+    only this ring vector leaves, masked by secure aggregation. The DP event is committed
+    before it is returned. Nothing trains here: the server steps on the decoded sum.
+    """
+    from securefvpa.train.loop import apply_schedule
+    from securefvpa.train.private import clipped_unit_gradients
+
+    plan = node.plan
+    if plan is None:
+        raise FederationError(f"node {node.partition.partition_id} has no privacy plan")
+    part = node.partition
+    try:
+        decision = plan.authorize(client_id=node.client_id, round=rnd, attempt=attempt)
+    except PrivacyBudgetExhausted as exc:
+        return LocalRoundResult(STATUS_DECLINED, None, 0, float("nan"), None, str(exc))
+    rng = _seed_round(node, rnd)
+    model = _model_for(node, params)
+    if hasattr(model, "set_kl_weight"):  # the round is the step: same schedule as local mode
+        apply_schedule(model, rnd - 1, node.cfg.federation.rounds, node.cfg.train)
+    units = clipped_unit_gradients(
+        model,
+        part.pairs,
+        part.users,
+        unit=node.cfg.privacy.unit,
+        train_cfg=node.cfg.train,
+        dp=plan.dp_settings(),
+        rng=rng,
+    )
+    seed = rotation_seed(config_hash=config_hash(node.cfg), round=rnd, attempt=attempt)
+    ring = ddg_encode(units.grads, spec=ddg_spec(node), rotation_seed=seed)
+    plan.commit(client_id=node.client_id, round=rnd, attempt=attempt)
+    return LocalRoundResult(
+        STATUS_OK, None, units.units, float("nan"), decision.epsilon_if_trained, ring=ring
+    )
 
 
 def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCounts:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ __all__ = [
     "collate",
     "eval_batch",
     "partition_episodes",
+    "unit_episodes",
     "user_episodes",
 ]
 
@@ -215,3 +217,26 @@ def eval_batch(pairs: EmbeddedPairs, users: Sequence[UserData]) -> EpisodeBatch:
             Episode(user=user.user, context=train, targets=held, type_index=int(user.type_index))
         )
     return collate(pairs, episodes)
+
+
+UNITS = ("pair", "user")
+
+
+def unit_episodes(
+    pairs: EmbeddedPairs,
+    users: tuple[UserData, ...] | list[UserData],
+    *,
+    unit: str,
+    train_cfg: Any,
+    rng: np.random.Generator,
+) -> list[Any]:
+    """This step's privacy units as episodes: a disjoint partition of the pairs (``"pair"``) or
+    one capped episode per user (``"user"``). Either way one unit is one episode, so one clipped
+    per-episode gradient is one unit's whole contribution to the step."""
+    if unit == "pair":
+        return partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                                  target_pairs=train_cfg.target_pairs, rng=rng)
+    if unit == "user":
+        return user_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
+                             target_pairs=train_cfg.target_pairs, rng=rng)
+    raise ConfigError(f"privacy.unit must be one of {list(UNITS)}. Found {unit!r}.")

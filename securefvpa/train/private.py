@@ -42,7 +42,7 @@ from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.errors import ConfigError, ModelError
 from securefvpa.privacy.plan import DPSettings
 from securefvpa.train import csprng
-from securefvpa.train.episodes import collate, partition_episodes, user_episodes
+from securefvpa.train.episodes import collate, unit_episodes
 from securefvpa.train.loop import apply_schedule, make_optimizer
 
 
@@ -147,29 +147,6 @@ class PrivateStepper:
 
     def close(self) -> None:
         self.gsm._close()
-
-
-UNITS = ("pair", "user")
-
-
-def unit_episodes(
-    pairs: EmbeddedPairs,
-    users: tuple[UserData, ...] | list[UserData],
-    *,
-    unit: str,
-    train_cfg: TrainConfig,
-    rng: np.random.Generator,
-) -> list[Any]:
-    """This step's privacy units as episodes: a disjoint partition of the pairs (``"pair"``) or
-    one capped episode per user (``"user"``). Either way one unit is one episode, so one clipped
-    per-episode gradient is one unit's whole contribution to the step."""
-    if unit == "pair":
-        return partition_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
-                                  target_pairs=train_cfg.target_pairs, rng=rng)
-    if unit == "user":
-        return user_episodes(pairs, users, context_pairs=train_cfg.context_pairs,
-                             target_pairs=train_cfg.target_pairs, rng=rng)
-    raise ConfigError(f"privacy.unit must be one of {list(UNITS)}. Found {unit!r}.")
 
 
 def private_train_steps(

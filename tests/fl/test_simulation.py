@@ -21,7 +21,6 @@ from securefvpa.fl import launch
 from securefvpa.fl.client_app import client_handlers
 from securefvpa.fl.node import NodeResolver
 from securefvpa.fl.secagg_mod import make_secagg_mod
-from securefvpa.rounds.local import LocalTransport
 from securefvpa.rounds.prepare import prepare_local, prepare_or_resume
 from securefvpa.run import RunResult, prepare_run_dir, run
 from securefvpa.rundir import RunDir
@@ -46,8 +45,8 @@ def test_simulation_improves_over_round_zero(tmp_path, fed_config, write_config)
     result = RunResult(tmp_path / "run", metrics)
     local_cfg = load_config(cfg)
     pairs, split, _ = load_dataset(local_cfg)
-    _, nodes = prepare_local(local_cfg, pairs, split, RunDir(tmp_path / "local"), data={})
-    again = LocalTransport(nodes).evaluate(4, result.parameters())
+    local = prepare_local(local_cfg, pairs, split, RunDir(tmp_path / "local"), data={})
+    again = local.transport().evaluate(4, result.parameters())
     assert again["accuracy"] == metrics["accuracy"]
     assert again["latent"] == metrics["latent"]
 

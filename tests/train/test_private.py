@@ -386,7 +386,8 @@ def test_ghost_clipping_gives_the_same_clipped_sum(kind, deterministic_latent):
 def test_clipped_unit_gradients_equal_the_brute_force_oracle(unit, deterministic_latent):
     """The distributed step's per-unit gradients (q = 1: every unit) are each unit's own
     gradient, clipped with Opacus' rule, flattened in the wire order (sorted state-dict names)."""
-    from securefvpa.train.private import clipped_unit_gradients, unit_episodes
+    from securefvpa.train.episodes import unit_episodes
+    from securefvpa.train.private import clipped_unit_gradients
 
     model, pairs, users = _client("fedvpa-gp", users=4)
     dp = DPSettings(noise_multiplier=0.0, clip=0.05, sample_rate=1.0)
