@@ -29,7 +29,7 @@ from securefvpa.errors import ConfigError
 DataSource = Literal["synth", "hh_rlhf", "jsonl", "polis"]
 ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
 Conditioning = Literal["mixture-heads", "film", "concat"]
-FederationMode = Literal["central", "simulation", "deployment"]
+FederationMode = Literal["central", "simulation", "deployment", "inprocess"]
 TypeMix = Literal["pure", "mixed"]
 ServerOptimizer = Literal["fedavg", "fedadam"]
 AccountantKind = Literal["pld", "rdp"]
@@ -206,6 +206,9 @@ class TrainConfig:
 class FederationConfig:
     """How training is distributed: centrally, in Flower's simulation engine, or on a SuperLink."""
 
+    # central: one model, no clients; simulation: Flower's simulation engine; deployment: a
+    # SuperLink; inprocess: the same round engine and client code without Flower messages (for
+    # studies at scale: the ring sum secure aggregation would return is computed directly)
     mode: FederationMode = "central"
     rounds: int = 10
     users_per_client: int = 1

@@ -178,12 +178,38 @@ def run(
     from securefvpa.rounds.prepare import prepare_or_resume
 
     prepare_or_resume(cfg, rd, resume=resume, load=load)
+    if cfg.federation.mode == "inprocess":
+        return RunResult(rd.root, run_inprocess(cfg, rd, resume=resume))
     if cfg.federation.mode == "simulation":
         metrics = launch.run_simulation_mode(cfg, rd, resume=resume)
     else:  # the ServerApp runs under the SuperLink and leaves its metrics in the run directory
         launch.run_deployment_mode(cfg, rd, resume=resume, app_dir=APP_DIR)
         metrics = json.loads(rd.metrics.read_text(encoding="utf-8"))
     return RunResult(rd.root, metrics)
+
+
+def run_inprocess(cfg: RunConfig, rd: RunDir, *, resume: bool) -> dict[str, Any]:
+    """The rounds of a prepared run directory without Flower: the production round engine over
+    the in-process transport (``rounds.local``), the same checkpoints, journal, ledger and
+    report as a Flower run. Returns the metrics written to ``metrics.json``."""
+    from securefvpa.config import config_hash
+    from securefvpa.rounds.engine import RunDirStore, run_rounds
+    from securefvpa.rounds.finish import finish_run, initial_parameters
+    from securefvpa.rounds.prepare import load_local
+    from securefvpa.rounds.progress import make_progress
+    from securefvpa.rundir import read_manifest
+
+    manifest = read_manifest(rd)
+    transport = load_local(cfg, rd, manifest).transport()
+    store = RunDirStore(rd.checkpoint, rd.journal, config_hash=config_hash(cfg), resume=resume)
+    result = run_rounds(
+        transport,
+        cfg,
+        initial_params=initial_parameters(cfg, manifest),
+        store=store,
+        progress=make_progress(cfg),
+    )
+    return finish_run(cfg, rd, result, manifest)
 
 
 def _jsonable(x: Any) -> Any:

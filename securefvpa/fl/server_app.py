@@ -42,7 +42,6 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
-from securefvpa.privacy.plan import load_plan
 from securefvpa.rounds.encoding import RoundCodec
 from securefvpa.rounds.engine import (
     NodeInfo,
@@ -53,7 +52,7 @@ from securefvpa.rounds.engine import (
 )
 from securefvpa.rounds.evaluation import combine_eval
 from securefvpa.rounds.finish import finish_run, initial_parameters
-from securefvpa.rounds.prepare import run_clip_range
+from securefvpa.rounds.prepare import run_codec
 from securefvpa.rounds.progress import make_progress
 from securefvpa.rundir import Manifest, RunDir, read_manifest
 from securefvpa.secagg.keys import load_roster
@@ -245,16 +244,7 @@ def serve(
     cfg = load_config(run_dir.config)
     manifest = read_manifest(run_dir)
     roster = load_roster(run_dir.roster) if cfg.secagg.enabled else None
-    codec = None
-    if cfg.secagg.enabled:
-        plan = load_plan(cfg, run_dir) if cfg.privacy.enabled else None
-        codec = RoundCodec.for_run(
-            cfg,
-            clip_range=run_clip_range(cfg, manifest, plan),
-            max_weight=manifest.max_train_pairs,
-            max_clients=manifest.train_clients,
-            distributed=None if plan is None else plan.distributed,
-        )
+    codec = run_codec(cfg, run_dir, manifest)
     transport = FlowerTransport(grid, cfg, manifest, roster=roster, codec=codec)
     store = RunDirStore(
         run_dir.checkpoint, run_dir.journal, config_hash=transport.cfg_hash, resume=resume

@@ -43,8 +43,10 @@ from securefvpa.privacy.accountant import (
     epsilon,
     epsilon_trajectory,
 )
-from securefvpa.privacy.events import DpSgdEvent, canonical_json
+from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
+from securefvpa.privacy.events import canonical_json
 from securefvpa.privacy.ledger import (
+    EVENT_KINDS,
     Anchor,
     LedgerEntry,
     check_anchor,
@@ -132,6 +134,9 @@ def software_versions() -> dict[str, str | None]:
     return out
 
 
+UNIT_TEXT = {"pair": "one preference pair", "user": "one user's whole preference profile"}
+
+
 def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise AccountingError(f"{what} is not finite ({value!r}); it cannot be reported.")
@@ -140,7 +145,7 @@ def _finite(value: float, what: str) -> float:
 
 def _client_row(
     client_id: str,
-    events: list[DpSgdEvent],
+    events: list[PrivacyEvent],
     declined: list[int],
     *,
     delta: float,
@@ -153,6 +158,16 @@ def _client_row(
     eps_pld = epsilon(events, delta, accountant="pld", value_discretization_interval=d)
     eps_rdp = epsilon(events, delta, accountant="rdp")
     eps = eps_pld if primary == "pld" else eps_rdp
+    if events and isinstance(events[0], DdgEvent):
+        # Distributed rounds: one mechanism, one bound (the DDG RDP bound, privacy.ddg); the
+        # pld/rdp columns both hold it. "noise multiplier" is the honest sum's central one.
+        sigmas = sorted({e.to_round().central_noise_multiplier for e in events})  # type: ignore[union-attr]
+        steps = [1]
+        total = len(events)
+    else:
+        sigmas = sorted({e.noise_multiplier for e in events})  # type: ignore[union-attr]
+        steps = sorted({e.steps for e in events})  # type: ignore[union-attr]
+        total = sum(e.steps for e in events)  # type: ignore[union-attr]
     if eps > budget:
         status = "over_budget"
     elif declined:
@@ -165,11 +180,11 @@ def _client_row(
         "rounds_joined": [e.round for e in events],
         "declined_rounds": sorted(declined),
         "retried_rounds": sorted({e.round for e in events if getattr(e, "attempt", 1) > 1}),
-        "noise_multipliers": sorted({e.noise_multiplier for e in events}),
+        "noise_multipliers": sigmas,
         "sample_rates": sorted({e.sample_rate for e in events}),
-        "steps_per_round": sorted({e.steps for e in events}),
+        "steps_per_round": steps,
         "clips": sorted({e.clip for e in events}),
-        "total_steps": sum(e.steps for e in events),
+        "total_steps": total,
         "epsilon_pld": _finite(eps_pld, f"PLD epsilon of client {client_id!r}"),
         "epsilon_rdp": _finite(eps_rdp, f"RDP epsilon of client {client_id!r}"),
         "epsilon": eps,
@@ -237,7 +252,9 @@ def _utility_check(
     counts: dict[str, int] = {}
     if scored_pairs is not None:
         if not isinstance(scored_pairs, Mapping):
-            raise _bad("scored_pairs", "be a mapping metric -> number of scored pairs", scored_pairs)
+            raise _bad(
+                "scored_pairs", "be a mapping metric -> number of scored pairs", scored_pairs
+            )
         for k, v in _flat_metrics(scored_pairs):
             if v is not None:
                 counts[k] = _count(f"scored_pairs[{k!r}]", v, minimum=1)
@@ -377,23 +394,24 @@ def _run_outcome(stopped_early: object, exhausted_clients: object) -> dict[str, 
         isinstance(exhausted_clients, int) and not isinstance(exhausted_clients, bool)
     ):
         exhausted = (
-            None
-            if exhausted_clients is None
-            else _count("exhausted_clients", exhausted_clients)
+            None if exhausted_clients is None else _count("exhausted_clients", exhausted_clients)
         )
     elif isinstance(exhausted_clients, list | tuple):
-        if not all(
-            isinstance(c, str | int) and not isinstance(c, bool) for c in exhausted_clients
-        ):
-            raise _bad("exhausted_clients", "list client ids (strings or integers)", exhausted_clients)
+        if not all(isinstance(c, str | int) and not isinstance(c, bool) for c in exhausted_clients):
+            raise _bad(
+                "exhausted_clients", "list client ids (strings or integers)", exhausted_clients
+            )
         exhausted = [str(c) for c in exhausted_clients]
     else:
-        raise _bad("exhausted_clients", "be None, a count or a list of client ids", exhausted_clients)
+        raise _bad(
+            "exhausted_clients", "be None, a count or a list of client ids", exhausted_clients
+        )
     return {"stopped_early": stopped_early, "exhausted_clients": exhausted}
 
 
-def _headline(summary: dict[str, Any], outcome: dict[str, Any], *, budget: float,
-              delta: float) -> dict[str, str]:
+def _headline(
+    summary: dict[str, Any], outcome: dict[str, Any], *, budget: float, delta: float
+) -> dict[str, str]:
     n, within = summary["clients"], summary["within_budget"]
     exhausted, over = summary["exhausted"], summary["over_budget"]
     run_ex = outcome["exhausted_clients"]
@@ -496,11 +514,11 @@ def build_report_from_entries(
     outcome = _run_outcome(stopped_early, exhausted_clients)
     budget = float(budget_epsilon)
 
-    events: dict[str, list[DpSgdEvent]] = {}
+    events: dict[str, list[PrivacyEvent]] = {}
     declined: dict[str, list[int]] = {}
     runs: list[dict[str, Any]] = []
     for e in entries:
-        if e.kind == "dp_sgd":
+        if e.kind in EVENT_KINDS:
             ev = e.event()
             events.setdefault(ev.client_id, []).append(ev)
         elif e.kind == "declined":
@@ -526,6 +544,8 @@ def build_report_from_entries(
     relations = {ev.relation for evs in events.values() for ev in evs}
     if len(relations) > 1:
         raise LedgerError(f"ledger mixes neighbouring relations {sorted(relations)}.")
+    distributed = any(isinstance(ev, DdgEvent) for evs in events.values() for ev in evs)
+    units = {getattr(ev, "unit", "pair") for evs in events.values() for ev in evs}
 
     clients = [
         _client_row(
@@ -560,22 +580,37 @@ def build_report_from_entries(
         "software": software_versions(),
         "headline": _headline(summary, outcome, budget=budget, delta=delta),
         "accounting": {
-            "primary_accountant": primary,
+            "primary_accountant": "ddg-rdp" if distributed else primary,
             "neighbouring_relation": next(iter(relations)) if relations else None,
-            "privacy_unit": "one preference pair",
+            "privacy_unit": UNIT_TEXT[next(iter(units))] if len(units) == 1 else "mixed units",
+            "mechanism": (
+                "distributed discrete Gaussian under secure aggregation (Kairouz, Liu & Steinke "
+                "2021): each round one clipped gradient sum, noise from >= t - T honest shares"
+                if distributed
+                else "DP-SGD with local Gaussian noise on every client (Abadi et al. 2016)"
+            ),
             "delta": delta,
             "budget_epsilon": budget,
             "pld_value_discretization_interval": d,
-            "pld_estimate": "dp-accounting PLDAccountant, connect-the-dots, pessimistic "
-            "(upper bound)",
-            "rdp_method": "dp-accounting RdpAccountant (add_remove_one); weak-triangle bound "
-            "over add/remove curves, Mironov 2017 Prop. 11 (replace_one)",
+            "pld_estimate": (
+                "not applicable: no PLD exists for a sum of discrete Gaussians; both epsilon "
+                "columns hold the DDG RDP bound (securefvpa.privacy.ddg)"
+                if distributed
+                else "dp-accounting PLDAccountant, connect-the-dots, pessimistic (upper bound)"
+            ),
+            "rdp_method": (
+                "DDG Prop. 14 bound for sums of discrete Gaussians, Zhu & Wang 2019 Thm. 6 "
+                "Poisson subsampling, weak triangle (Mironov 2017 Prop. 11) for replace_one"
+                if distributed
+                else "dp-accounting RdpAccountant (add_remove_one); weak-triangle bound "
+                "over add/remove curves, Mironov 2017 Prop. 11 (replace_one)"
+            ),
         },
         "ledger": {
             "ledger_id": ledger_id,
             "entry_count": len(entries),
             "head_hash": entries[-1].entry_hash if entries else genesis_hash(ledger_id),
-            "dp_sgd_entries": sum(e.kind == "dp_sgd" for e in entries),
+            "dp_sgd_entries": sum(e.kind in EVENT_KINDS for e in entries),
             "declined_entries": sum(e.kind == "declined" for e in entries),
             "runs": runs,
         },
@@ -777,8 +812,10 @@ def _conflict(
             "extends the existing report's"
         )
     ledger_id, entries = read_entries(ledger_path)
-    if ledger_id != new["ledger_id"] or len(entries) < n_new or (
-        entries[n_new - 1].entry_hash != new["head_hash"]
+    if (
+        ledger_id != new["ledger_id"]
+        or len(entries) < n_new
+        or (entries[n_new - 1].entry_hash != new["head_hash"])
     ):
         return "unverifiable", f"the ledger {str(ledger_path)!r} is not the one this report is of"
     why = check_anchor(ledger_id, entries, old)
@@ -914,7 +951,8 @@ def verify_report(
         )
     if len(entries) < n:
         return ReportVerification(
-            False, [f"ledger has {len(entries)} entries; the report covered {n} (truncated)"],
+            False,
+            [f"ledger has {len(entries)} entries; the report covered {n} (truncated)"],
             notes,
         )
     if len(entries) > n:
@@ -933,7 +971,10 @@ def verify_report(
             config_hash=report["config_hash"],
             delta=acc["delta"],
             budget_epsilon=acc["budget_epsilon"],
-            accountant=acc["primary_accountant"],
+            # distributed reports name "ddg-rdp"; the DDG bound ignores the accountant argument
+            accountant="pld"
+            if acc["primary_accountant"] == "ddg-rdp"
+            else acc["primary_accountant"],
             value_discretization_interval=acc["pld_value_discretization_interval"],
             **report_inputs(report),
         )

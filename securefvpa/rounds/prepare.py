@@ -39,9 +39,7 @@ from securefvpa.secagg.graph import MIN_PARTICIPANTS
 def clients_per_round(cfg: RunConfig, train_clients: int) -> int:
     """How many training clients a round samples (``rounds.engine.sample_indices``)."""
     fed = cfg.federation
-    return min(
-        train_clients, max(fed.min_fit_clients, math.ceil(fed.fraction_fit * train_clients))
-    )
+    return min(train_clients, max(fed.min_fit_clients, math.ceil(fed.fraction_fit * train_clients)))
 
 
 def units_per_client(cfg: RunConfig, part: Any) -> int:
@@ -195,6 +193,23 @@ def run_clip_range(cfg: RunConfig, manifest: Manifest, plan: PrivacyPlan | None)
     )
 
 
+def run_codec(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> Any:
+    """The round's ring codec (``rounds.encoding.RoundCodec``) of a prepared run directory,
+    or None without secure aggregation: both the server and in-process runs build it here."""
+    if not cfg.secagg.enabled:
+        return None
+    from securefvpa.rounds.encoding import RoundCodec
+
+    plan = load_plan(cfg, run_dir) if cfg.privacy.enabled else None
+    return RoundCodec.for_run(
+        cfg,
+        clip_range=run_clip_range(cfg, manifest, plan),
+        max_weight=manifest.max_train_pairs,
+        max_clients=manifest.train_clients,
+        distributed=None if plan is None else plan.distributed,
+    )
+
+
 def start_privacy(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> PrivacyPlan | None:
     """Resolve (or reload) the privacy plan and open the ledger's run (DP runs)."""
     if not cfg.privacy.enabled:
@@ -281,23 +296,18 @@ def prepare_local(
     process (for :class:`securefvpa.rounds.local.LocalTransport`: the audit, the benchmarks)."""
     from securefvpa.config import dump_config
     from securefvpa.fsutil import atomic_write_text
-    from securefvpa.train.client import load_node
 
     run_dir.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.config, dump_config(cfg))
     manifest = prepare_federated(cfg, pairs, split, run_dir, data=data)
-    plan = start_privacy(cfg, run_dir, manifest)
+    start_privacy(cfg, run_dir, manifest)
     write_node_configs(cfg, run_dir, manifest)
-    nodes = [load_node(n) for n in read_node_configs(run_dir, manifest)]
-    codec = None
-    if cfg.secagg.enabled:
-        from securefvpa.rounds.encoding import RoundCodec
+    return load_local(cfg, run_dir, manifest)
 
-        codec = RoundCodec.for_run(
-            cfg,
-            clip_range=run_clip_range(cfg, manifest, plan),
-            max_weight=manifest.max_train_pairs,
-            max_clients=manifest.train_clients,
-            distributed=None if plan is None else plan.distributed,
-        )
-    return LocalRun(manifest, nodes, codec)
+
+def load_local(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> LocalRun:
+    """Every client node of a prepared run directory, loaded in this process, and its codec."""
+    from securefvpa.train.client import load_node
+
+    nodes = [load_node(n) for n in read_node_configs(run_dir, manifest)]
+    return LocalRun(manifest, nodes, run_codec(cfg, run_dir, manifest))
