@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from securefvpa.config import PrivacyConfig, RunConfig, config_hash
-from securefvpa.errors import ConfigError, PrivacyBudgetExhausted, RunDirError
+from securefvpa.errors import ConfigError, LedgerError, PrivacyBudgetExhausted, RunDirError
 from securefvpa.fsutil import atomic_write_text
 from securefvpa.privacy.calibrate import calibrate_noise_multiplier
 from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
@@ -394,10 +394,17 @@ def close_ledger(cfg: RunConfig, plan: PrivacyPlan, *, utility: dict[str, Any] |
 
 
 def write_privacy_report(
-    cfg: RunConfig, run_dir: RunDir, plan: PrivacyPlan, *, utility: dict[str, Any] | None
+    cfg: RunConfig, run_dir: RunDir, plan: PrivacyPlan, *, metrics: dict[str, Any]
 ) -> dict[str, str]:
-    """Derive privacy_report.json + report.html from the ledger alone (plus the config)."""
-    from securefvpa.privacy.report import build_report, write_report
+    """Derive privacy_report.json + report.html from the ledger alone (plus the config), with
+    the run's metrics beside it (utility vs chance and a baseline, secure aggregation, early
+    stop: ``report.report_inputs_from_metrics``).
+
+    An existing report with another history is never overwritten (``report.write_report``):
+    the new one is written beside it and :class:`LedgerError` is raised, because at the end of
+    a run a report whose history differs from the ledger is evidence of tampering.
+    """
+    from securefvpa.privacy.report import build_report, report_inputs_from_metrics, write_report
 
     report = build_report(
         plan.ledger,
@@ -406,7 +413,13 @@ def write_privacy_report(
         delta=plan.delta,
         budget_epsilon=cfg.privacy.budget_epsilon,
         accountant=cfg.privacy.accountant,
-        utility=utility,
+        **report_inputs_from_metrics(metrics),
     )
-    json_path, html_path = write_report(report, run_dir.root)
-    return {"json": str(json_path), "html": str(html_path)}
+    files = write_report(report, run_dir.root, ledger_path=plan.ledger)
+    out = {"json": str(files.json), "html": str(files.html)}
+    if files.conflict is not None:
+        raise LedgerError(
+            f"the run's report {str(run_dir.report_json)!r} holds another history than the "
+            f"ledger ({files.conflict}): {files.note}; the new report is {out['json']}"
+        )
+    return out

@@ -29,17 +29,55 @@ def initial_parameters(cfg: RunConfig, manifest: Manifest) -> dict[str, np.ndarr
     return model_to_arrays(model)
 
 
+def secagg_summary(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What secure aggregation did, per round (the report's secure-aggregation section)."""
+    if not cfg.secagg.enabled:
+        return None
+    per_round = []
+    for r in rounds:
+        sa = r.get("secagg")
+        if not isinstance(sa, dict):
+            continue
+        participants = int(sa.get("participants", sa.get("contributors", 0)))
+        survivors = int(sa.get("contributors", 0))
+        per_round.append(
+            {
+                "round": int(r["round"]),
+                "participants": participants,
+                "threshold": int(sa.get("threshold", 1)),
+                "survivors": survivors,
+                "dropouts": max(0, participants - survivors),
+                "clipped_coordinates": int(sa.get("clipped_coordinates", 0)),
+                "aborted": False,
+            }
+        )
+    distributed = cfg.privacy.enabled and cfg.privacy.noise == "distributed"
+    return {
+        "rounds": per_round,
+        "threshold_fraction": cfg.secagg.threshold,
+        "ring_bits": cfg.secagg.bits,
+        "graph_degree": cfg.secagg.degree,
+        "server_saw": (
+            "only the ring sum of >= t masked inputs per round (each the rounded clipped "
+            "gradients of a client's sampled units plus its discrete-Gaussian noise share)"
+            if distributed
+            else "only the ring sum of >= t masked fixed-point updates per round"
+        ),
+    }
+
+
 def run_metrics(cfg: RunConfig, result: RoundsResult, manifest: Manifest) -> dict[str, Any]:
     """The content of ``metrics.json`` for ``result``."""
     return {
         "model": cfg.model.kind,
         "mode": cfg.federation.mode,
         "accuracy": result.final.get("accuracy", {}),
+        "pairs": result.final.get("pairs", {}),
         "latent": result.final.get("latent", {}),
         "rounds": result.rounds,
         "stopped_early": result.stopped_early,
         "exhausted_clients": result.exhausted,
-        "secagg": cfg.secagg.enabled,
+        "secagg": secagg_summary(cfg, result.rounds),
         "privacy": cfg.privacy.enabled,
         "data": manifest.data,
     }
@@ -62,9 +100,7 @@ def finish_run(
                 "privacy report of a DP run"
             )
         close_ledger(cfg, plan, utility=metrics["accuracy"])
-        metrics["privacy_report"] = write_privacy_report(
-            cfg, run_dir, plan, utility=metrics["accuracy"]
-        )
+        metrics["privacy_report"] = write_privacy_report(cfg, run_dir, plan, metrics=metrics)
     atomic_write_text(run_dir.metrics, json.dumps(metrics, indent=2, default=_json_default))
     return metrics
 

@@ -108,7 +108,14 @@ class LocalTransport:
                     rnd=rnd,
                     attempt=attempt,
                 )
-                out.extra = {"secagg": {"contributors": len(rings)} | stats}
+                out.extra = {
+                    "secagg": {
+                        "contributors": len(rings),
+                        "participants": len(rings),
+                        "threshold": math.ceil(self.cfg.secagg.threshold * len(rings)),
+                    }
+                    | stats
+                }
         else:
             out.mean_update, out.trained, rejected = weighted_mean(replies, params)
             for pid, reason in rejected:
