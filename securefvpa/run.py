@@ -191,7 +191,14 @@ def run(
 def run_inprocess(cfg: RunConfig, rd: RunDir, *, resume: bool) -> dict[str, Any]:
     """The rounds of a prepared run directory without Flower: the production round engine over
     the in-process transport (``rounds.local``), the same checkpoints, journal, ledger and
-    report as a Flower run. Returns the metrics written to ``metrics.json``."""
+    report as a Flower run. Returns the metrics written to ``metrics.json``.
+
+    Torch runs single-threaded here, as each Flower simulation client does (``OMP_NUM_THREADS``
+    = 1): the clients' small steps gain nothing from a second thread, and on a busy machine two
+    threads per tiny matrix product are many times slower; it also makes seeded results
+    independent of the machine's thread count (recorded in ``data.environment``)."""
+    import torch
+
     from securefvpa.config import config_hash
     from securefvpa.rounds.engine import RunDirStore, run_rounds
     from securefvpa.rounds.finish import finish_run, initial_parameters
@@ -201,14 +208,19 @@ def run_inprocess(cfg: RunConfig, rd: RunDir, *, resume: bool) -> dict[str, Any]
 
     manifest = read_manifest(rd)
     transport = load_local(cfg, rd, manifest).transport()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     store = RunDirStore(rd.checkpoint, rd.journal, config_hash=config_hash(cfg), resume=resume)
-    result = run_rounds(
-        transport,
-        cfg,
-        initial_params=initial_parameters(cfg, manifest),
-        store=store,
-        progress=make_progress(cfg),
-    )
+    try:
+        result = run_rounds(
+            transport,
+            cfg,
+            initial_params=initial_parameters(cfg, manifest),
+            store=store,
+            progress=make_progress(cfg),
+        )
+    finally:
+        torch.set_num_threads(threads)
     return finish_run(cfg, rd, result, manifest)
 
 
