@@ -186,7 +186,12 @@ class TrainReply(_Record):
 
 @dataclass(frozen=True)
 class EvalReply(_Record):
-    """Client to server after evaluation: its role and :class:`EvalCounts` (counts only)."""
+    """Client to server after evaluation: its role and :class:`EvalCounts` (counts only).
+
+    Per-type correct counts travel as integers in half-pair units (``type-correct-halves[t] =
+    2 * type_correct[t]``; a tie scores 1/2, so the value is exact) because record lists here
+    hold integers only. A reply without per-type counts (``type-pairs`` absent) stays valid.
+    """
 
     role: str
     pairs: int
@@ -198,6 +203,8 @@ class EvalReply(_Record):
     cells: int
     types: int
     contingency: tuple[int, ...]
+    type_pairs: tuple[int, ...] = ()
+    type_correct_halves: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cells < 0 or self.types < 0 or len(self.contingency) != self.cells * self.types:
@@ -205,13 +212,40 @@ class EvalReply(_Record):
                 f"EvalReply: contingency has {len(self.contingency)} cells, expected "
                 f"{self.cells} x {self.types}"
             )
+        n, halves = self.type_pairs, self.type_correct_halves
+        if len(n) not in (0, self.types) or len(halves) != len(n):
+            raise FederationError(
+                f"EvalReply: type-pairs / type-correct-halves have {len(n)} / {len(halves)} "
+                f"entries, expected 0 or types = {self.types} each"
+            )
+        bad = next(
+            (t for t, (k, h) in enumerate(zip(n, halves)) if k < 0 or not 0 <= h <= 2 * k), None
+        )
+        if bad is not None:
+            raise FederationError(
+                f"EvalReply: type {bad} has {n[bad]} pairs and {halves[bad]} correct halves; "
+                "need 0 <= halves <= 2 * pairs"
+            )
+        if sum(n) > self.pairs:
+            raise FederationError(
+                f"EvalReply: type-pairs sum to {sum(n)}, more than the {self.pairs} pairs scored"
+            )
 
     @classmethod
     def of(cls, role: str, counts: EvalCounts) -> EvalReply:
-        return cls(role=role, **{f.name: getattr(counts, f.name) for f in fields(EvalCounts)})
+        plain = {f.name: getattr(counts, f.name) for f in fields(EvalCounts)}
+        correct = plain.pop("type_correct")
+        halves = tuple(round(2.0 * x) for x in correct)
+        if any(abs(2.0 * x - h) > 1e-6 for x, h in zip(correct, halves)):
+            raise FederationError(
+                f"EvalReply: type_correct must be multiples of 1/2 (ties score 1/2). Found "
+                f"{correct!r}."
+            )
+        return cls(role=role, type_correct_halves=halves, **plain)
 
     def counts(self) -> EvalCounts:
-        return EvalCounts(**{f.name: getattr(self, f.name) for f in fields(EvalCounts)})
+        plain = {f.name: getattr(self, f.name) for f in fields(EvalCounts) if f.name != "type_correct"}
+        return EvalCounts(**plain, type_correct=tuple(h / 2.0 for h in self.type_correct_halves))
 
 
 @dataclass(frozen=True)

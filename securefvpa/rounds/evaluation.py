@@ -1,24 +1,50 @@
 """Combine clients' evaluation counts into run metrics (server side; numpy only).
 
-Clients send counts, never a latent z: held-out pairs scored and correct, the same for
-controversial pairs, the sum of their users' KL terms, and a contingency table of
-(inferred latent cell, true user type) over their users, from which the server computes the
-mutual information in bits between inferred component and user type.
+Clients send counts, never a latent z: held-out pairs scored and correct (in total and per user
+type), the same for controversial pairs, the sum of their users' KL terms, and a contingency
+table of (inferred latent cell, true user type) over their users, from which the server computes
+the mutual information in bits between inferred component and user type.
+
+Groups of user types. A type name ``"<group>/<rest>"`` belongs to the group before its last
+``/`` — Polis types are ``"<conversation>/g<id>"``, so a group is one conversation. For such
+data :func:`group_metrics` gives each group its accuracy per role and the MI and active
+components of the contingency table restricted to the group's types (the latent's separation of
+opinion groups *within* a conversation, not the easy separation of conversations). Type names
+without a ``/`` (generated users: ``helpful``, ``harmless`` ...) form no groups and no
+``by_group`` section is written.
+
+None of these counts is covered by DP noise (neither is the overall accuracy): under DP they are
+published only as aggregates over all clients of a type or group, never per client.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from securefvpa.config import RunConfig
+from securefvpa.errors import DataError
 from securefvpa.models import metrics
 from securefvpa.train.client import EvalCounts
 
+ROLE_KEYS = {"train": "seen_users", "unseen": "unseen_users"}
 
-def combine_eval(rows: list[tuple[int, str, EvalCounts]], cfg: RunConfig) -> dict[str, Any]:
+
+def combine_eval(
+    rows: list[tuple[int, str, EvalCounts]],
+    cfg: RunConfig,
+    *,
+    type_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Run metrics from ``(partition id, role, counts)`` of every client that answered.
+
+    Keys: ``accuracy`` (seen/unseen users, controversial pairs), ``latent`` (MI in bits, active
+    components, mean KL, collapse flag), ``pairs`` (scored per role), ``by_type`` (counts per
+    user type index: ``pairs`` and ``correct`` per role, each a list over types, and the
+    ``contingency`` table, users per (latent cell, type), a list of ``cells`` rows), and, when
+    ``type_names`` is given and names hold a ``/``, ``by_group`` (:func:`group_metrics`).
 
     Per-client counts are published (``per_client``: what paired benchmarks bootstrap over) only
     when DP is off: under DP they are released by nothing that noise covers, so they stay out of
@@ -33,11 +59,16 @@ def combine_eval(rows: list[tuple[int, str, EvalCounts]], cfg: RunConfig) -> dic
     cells = max((c.cells for _, _, c in rows), default=0)
     types = max((c.types for _, _, c in rows), default=0)
     table = np.zeros((max(cells, 1), max(types, 1)), dtype=np.int64)
-    for _, _, c in rows:
+    type_pairs = {key: np.zeros(max(types, 1), dtype=np.int64) for key in ROLE_KEYS.values()}
+    type_correct = {key: np.zeros(max(types, 1), dtype=np.float64) for key in ROLE_KEYS.values()}
+    for _, role, c in rows:
         if c.contingency:
             table[: c.cells, : c.types] += np.asarray(c.contingency, dtype=np.int64).reshape(
                 c.cells, c.types
             )
+        if c.type_pairs and role in ROLE_KEYS:
+            type_pairs[ROLE_KEYS[role]][: len(c.type_pairs)] += np.asarray(c.type_pairs)
+            type_correct[ROLE_KEYS[role]][: len(c.type_correct)] += np.asarray(c.type_correct)
     kl_sum = sum(c.kl_sum for _, _, c in rows)
     users = sum(c.users for _, _, c in rows)
     latent = latent_summary(
@@ -58,8 +89,77 @@ def combine_eval(rows: list[tuple[int, str, EvalCounts]], cfg: RunConfig) -> dic
             "unseen_users": sum(c.pairs for _, ro, c in rows if ro == "unseen"),
         },
     }
+    if rows:
+        out["by_type"] = {
+            "pairs": {k: [int(x) for x in v] for k, v in type_pairs.items()},
+            "correct": {k: [float(x) for x in v] for k, v in type_correct.items()},
+            "contingency": table.tolist(),
+        }
+        if type_names is not None:
+            groups = group_metrics(out["by_type"], type_names, kind=cfg.model.kind)
+            if groups:
+                out["by_group"] = groups
     if not cfg.privacy.enabled:
         out["per_client"] = sorted([pid, ro, c.pairs, c.correct] for pid, ro, c in rows)
+    return out
+
+
+def group_of(type_name: str) -> str:
+    """The group of a user type: the text before the last ``/`` (the whole name without one).
+
+    ``"american-assembly.bowling-green/g1"`` -> ``"american-assembly.bowling-green"``."""
+    return type_name.rsplit("/", 1)[0]
+
+
+def group_metrics(
+    by_type: dict[str, Any], type_names: Sequence[str], *, kind: str
+) -> dict[str, dict[str, Any]]:
+    """Per group of user types (:func:`group_of`), from a ``by_type`` section of
+    :func:`combine_eval` and the run's type names (``metrics.json`` ``data.type_names``).
+
+    Returns ``{group: {"types", "users", "pairs": {role: n}, "accuracy": {role: share or
+    None}, "mutual_information_bits", "active_components"}}``, groups sorted by name; ``{}``
+    when no name holds a ``/``. ``users`` counts every evaluated user of the group (both
+    roles); MI (bits, plug-in) and active components are those of the (cell x type) table
+    restricted to the group's types (:func:`latent_summary`), so the number of groups
+    (conversations) never inflates them.
+
+    Raises DataError when ``by_type`` does not have one column per type name.
+    """
+    names = list(type_names)
+    if not any("/" in n for n in names):
+        return {}
+    table = np.asarray(by_type["contingency"], dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != len(names):
+        raise DataError(
+            f"by_type.contingency has shape {table.shape}, expected (cells, {len(names)}) for "
+            f"the run's {len(names)} type names"
+        )
+    for section in ("pairs", "correct"):
+        for role, values in by_type[section].items():
+            if len(values) != len(names):
+                raise DataError(
+                    f"by_type.{section}.{role} has {len(values)} entries, expected one per type "
+                    f"name ({len(names)})"
+                )
+    members: dict[str, list[int]] = {}
+    for t, name in enumerate(names):
+        members.setdefault(group_of(name), []).append(t)
+    out: dict[str, dict[str, Any]] = {}
+    for group in sorted(members):
+        idx = members[group]
+        pairs = {role: int(sum(by_type["pairs"][role][t] for t in idx)) for role in by_type["pairs"]}
+        correct = {role: float(sum(by_type["correct"][role][t] for t in idx)) for role in pairs}
+        sub = table[:, idx]
+        summary = latent_summary(sub, mean_kl=0.0, latent_dim=1, kind=kind)
+        out[group] = {
+            "types": len(idx),
+            "users": int(sub.sum()),
+            "pairs": pairs,
+            "accuracy": {role: correct[role] / n if n else None for role, n in pairs.items()},
+            "mutual_information_bits": summary["mutual_information_bits"],
+            "active_components": summary["active_components"],
+        }
     return out
 
 

@@ -72,6 +72,7 @@ class LocalRoundResult:
     epsilon: float | None = None  # the client's epsilon after this round (DP)
     reason: str = ""
     ring: np.ndarray | None = None
+    grad_sum: np.ndarray | None = None  # central noise: the clipped gradient sum (no noise)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ class EvalCounts:
     """What a client's evaluation reveals: counts, never a z or a pair.
 
     ``contingency`` is the (latent cell x user type) table over the client's users, row-major,
-    ``cells * types`` long.
+    ``cells * types`` long. ``type_pairs[t]`` / ``type_correct[t]`` are the held-out pairs
+    scored / correct (ties 1/2) of the client's users of type index ``t`` (``types`` long; users
+    of unknown type are in ``pairs`` only): with the client's role they give accuracy per user
+    type and role, e.g. per Polis conversation (``rounds.evaluation.group_metrics``).
     """
 
     pairs: int
@@ -91,6 +95,8 @@ class EvalCounts:
     cells: int
     types: int
     contingency: tuple[int, ...]
+    type_pairs: tuple[int, ...] = ()
+    type_correct: tuple[float, ...] = ()  # ties count 1/2
 
 
 def client_id(partition_id: int) -> str:
@@ -167,7 +173,9 @@ def local_train_round(
     part = node.partition
     if part.role != "train":
         raise FederationError(f"partition {part.partition_id} holds unseen users and never trains")
-    if node.plan is not None and node.plan.distributed is not None:
+    if node.plan is not None and (
+        node.plan.distributed is not None or node.cfg.privacy.noise == "central"
+    ):
         return _distributed_round(node, params, rnd=rnd, attempt=attempt)
     rng = _seed_round(node, rnd)
     model = _model_for(node, params)
@@ -239,7 +247,8 @@ def ddg_spec(node: ClientNode) -> DdgSpec:
 def _distributed_round(
     node: ClientNode, params: dict[str, np.ndarray], *, rnd: int, attempt: int
 ) -> LocalRoundResult:
-    """One distributed DP-SGD step (``privacy.noise = "distributed"``).
+    """One distributed DP-SGD step (``privacy.noise = "distributed"``, or ``"central"``: the
+    clipped sum is returned without noise for the trusted server to noise).
 
     Poisson-sample the units (rate q, CSPRNG), clip each unit's gradient to C, round each unit
     onto the ring grid and add this client's discrete-Gaussian share (``secagg.ddg.encode``):
@@ -270,6 +279,16 @@ def _distributed_round(
         dp=plan.dp_settings(),
         rng=rng,
     )
+    if plan.distributed is None:  # central noise: the trusted server adds it to the sum
+        plan.commit(client_id=node.client_id, round=rnd, attempt=attempt)
+        return LocalRoundResult(
+            STATUS_OK,
+            None,
+            units.units,
+            float("nan"),
+            decision.epsilon_if_trained,
+            grad_sum=units.grads.sum(axis=0),
+        )
     seed = rotation_seed(config_hash=config_hash(node.cfg), round=rnd, attempt=attempt)
     ring = ddg_encode(units.grads, spec=ddg_spec(node), rotation_seed=seed)
     plan.commit(client_id=node.client_id, round=rnd, attempt=attempt)
@@ -279,8 +298,9 @@ def _distributed_round(
 
 
 def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCounts:
-    """Counts for the server: pairs scored/correct, controversial scored/correct, KL sum, and
-    the (latent cell x user type) contingency table over this client's users. No z leaves."""
+    """Counts for the server: pairs scored/correct, controversial scored/correct, KL sum, the
+    (latent cell x user type) contingency table over this client's users, and pairs
+    scored/correct per user type. No z leaves."""
     from securefvpa.train.loop import score_users
 
     model = _model_for(node, params)
@@ -292,6 +312,12 @@ def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCount
     for c, t in zip(cells, scores.types):
         if t >= 0:
             table[c, t] += 1
+    type_pairs = np.zeros(n_types, dtype=np.int64)
+    type_correct = np.zeros(n_types, dtype=np.float64)
+    for user_correct, t in zip(scores.correct, scores.types):  # one entry per user
+        if t >= 0:
+            type_pairs[t] += user_correct.size
+            type_correct[t] += float(user_correct.sum())
     correct = np.concatenate(scores.correct) if scores.correct else np.zeros(0)
     contro = np.concatenate(scores.controversial) if scores.controversial else np.zeros(0, np.int8)
     return EvalCounts(
@@ -304,6 +330,8 @@ def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCount
         cells=n_cells,
         types=n_types,
         contingency=tuple(int(x) for x in table.ravel()),
+        type_pairs=tuple(int(x) for x in type_pairs),
+        type_correct=tuple(float(x) for x in type_correct),
     )
 
 
