@@ -34,7 +34,7 @@ TypeMix = Literal["pure", "mixed"]
 ServerOptimizer = Literal["fedavg", "fedadam"]
 AccountantKind = Literal["pld", "rdp"]
 PrivacyUnit = Literal["pair", "user"]
-NoiseMode = Literal["local", "distributed"]
+NoiseMode = Literal["local", "distributed", "central"]
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
 HH_RLHF_ENV = "SECUREFVPA_HH_RLHF_DIR"
@@ -53,7 +53,9 @@ class DataConfig:
     source: DataSource = "synth"
     path: str = ""  # jsonl: the JSONL file; polis: the Polis folder (empty: $SECUREFVPA_POLIS_DIR)
     hh_rlhf_dir: str = ""  # empty: $SECUREFVPA_HH_RLHF_DIR
-    users: int = 120  # synth: users to generate; hh_rlhf, polis: cap (0 = as many as the data allows)
+    users: int = (
+        120  # synth: users to generate; hh_rlhf, polis: cap (0 = as many as the data allows)
+    )
     pairs_per_user: int = 16
     types: int = 2  # synth: number of user types
     controversial_share: float = 0.5  # synth: share of pairs on which types disagree
@@ -312,7 +314,9 @@ class PrivacyConfig:
     goes: ``local`` adds the full N(0, sigma^2 C^2) on every client (no trust in secure
     aggregation needed); ``distributed`` adds discrete-Gaussian shares inside secure aggregation
     so that the honest shares of any unmasked sum carry sigma (Kairouz, Liu & Steinke 2021;
-    needs ``secagg.enabled`` and one local step per round). ``max_colluding_clients`` (T) is how
+    needs ``secagg.enabled`` and one local step per round); ``central`` is the trusted-server
+    reference (Flower's server-side DP, McMahan et al. 2018): clients send clipped gradient
+    sums, the server adds N(0, sigma^2 C^2) once (``federation.mode = "inprocess"`` only). ``max_colluding_clients`` (T) is how
     many clients may join the server and subtract their own shares.
 
     sigma is either given (``noise_multiplier``; in distributed mode the noise std of the honest
@@ -470,6 +474,13 @@ class RunConfig:
                 "Found 'central'."
             )
         p = self.privacy
+        if p.enabled and p.noise == "central":
+            if self.federation.mode != "inprocess" or self.federation.local_steps != 1:
+                raise ConfigError(
+                    "privacy.noise = 'central' (the trusted-server reference) runs with "
+                    "federation.mode = 'inprocess' and local_steps = 1. Found mode "
+                    f"{self.federation.mode!r}, local_steps {self.federation.local_steps}."
+                )
         if p.enabled and p.noise == "distributed":
             if not self.secagg.enabled:
                 raise ConfigError(
@@ -587,7 +598,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}: "
-            f"{exc.object[exc.start:exc.start + 1]!r}); a config is a TOML file"
+            f"{exc.object[exc.start : exc.start + 1]!r}); a config is a TOML file"
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror or exc}") from None
@@ -596,7 +607,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not raw:
         raise ConfigError(
             f"config file {str(p)!r} sets no key (it is empty or only comments); write at "
-            "least the settings you mean, e.g. [data] source = \"synth\""
+            'least the settings you mean, e.g. [data] source = "synth"'
         )
     return raw
 

@@ -116,7 +116,7 @@ def calibrated_noise_multiplier(cfg: RunConfig, *, delta: float) -> float:
         target_epsilon=p.target_epsilon,
         delta=delta,
         sample_rate=p.sample_rate,
-        steps_per_round=cfg.federation.local_steps,
+        steps_per_round=cfg.federation.local_steps,  # 1 under central noise (config check)
         rounds=planned_rounds(cfg),
         relation=RELATION,
         accountant=p.accountant,

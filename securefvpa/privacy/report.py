@@ -135,6 +135,13 @@ def software_versions() -> dict[str, str | None]:
 
 
 UNIT_TEXT = {"pair": "one preference pair", "user": "one user's whole preference profile"}
+MECHANISM_TEXT = {
+    "local": "DP-SGD with local Gaussian noise on every client (Abadi et al. 2016)",
+    "distributed": "distributed discrete Gaussian under secure aggregation (Kairouz, Liu & "
+    "Steinke 2021): each round one clipped gradient sum, noise from >= t - T honest shares",
+    "central": "Gaussian noise added once by a TRUSTED server to the sum of clipped gradients "
+    "(DP-FedAvg, McMahan et al. 2018; the reference: the server sees the clients' sums)",
+}
 
 
 def _finite(value: float, what: str) -> float:
@@ -517,6 +524,7 @@ def build_report_from_entries(
     events: dict[str, list[PrivacyEvent]] = {}
     declined: dict[str, list[int]] = {}
     runs: list[dict[str, Any]] = []
+    noise_mode = "local"  # the run's plan, recorded in its run_start entry
     for e in entries:
         if e.kind in EVENT_KINDS:
             ev = e.event()
@@ -526,6 +534,8 @@ def build_report_from_entries(
             declined.setdefault(ev.client_id, []).append(ev.round)
         else:
             obj = e.payload_obj()
+            if e.kind == "run_start" and obj["run_id"] == run_id:
+                noise_mode = str(obj.get("extra", {}).get("noise", "local"))
             runs.append(
                 {
                     "seq": e.seq,
@@ -583,12 +593,7 @@ def build_report_from_entries(
             "primary_accountant": "ddg-rdp" if distributed else primary,
             "neighbouring_relation": next(iter(relations)) if relations else None,
             "privacy_unit": UNIT_TEXT[next(iter(units))] if len(units) == 1 else "mixed units",
-            "mechanism": (
-                "distributed discrete Gaussian under secure aggregation (Kairouz, Liu & Steinke "
-                "2021): each round one clipped gradient sum, noise from >= t - T honest shares"
-                if distributed
-                else "DP-SGD with local Gaussian noise on every client (Abadi et al. 2016)"
-            ),
+            "mechanism": MECHANISM_TEXT["distributed" if distributed else noise_mode],
             "delta": delta,
             "budget_epsilon": budget,
             "pld_value_discretization_interval": d,

@@ -27,6 +27,31 @@ from securefvpa.train.client import STATUS_DECLINED, ClientNode, local_evaluate,
 log = logging.getLogger("securefvpa.rounds")
 
 
+def central_gaussian_update(
+    cfg: Any,
+    grad_sum: np.ndarray,
+    *,
+    sigma: float,
+    like: dict[str, np.ndarray],
+    units: list[int],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The trusted-server reference (``privacy.noise = "central"``; DP-FedAvg with server-side
+    noise, McMahan et al. 2018, as Flower's server-side DP does): add N(0, sigma^2 C^2) once to
+    the plaintext sum of the clients' clipped gradients (CSPRNG: ``train.csprng``), divide by
+    the expected batch ``B = q * units`` and return one SGD step's update ``-train.lr * g / B``.
+    """
+    from securefvpa.rounds.encoding import unflatten
+    from securefvpa.train import csprng
+
+    p = cfg.privacy
+    std = sigma * p.clip
+    noisy = grad_sum + std * csprng.standard_normal(grad_sum.size)
+    batch = max(p.sample_rate * sum(units), 1e-12)
+    mean = -cfg.train.lr * noisy / batch
+    stats = {"expected_batch": batch, "noise_std": std}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in unflatten(mean, like).items()}, stats
+
+
 class LocalTransport:
     """Rounds over ``nodes`` in this process. ``dp`` overrides the DP settings used for training
     (the audit's injections; the ledger still records each node's planned event).
@@ -73,6 +98,7 @@ class LocalTransport:
         out = RoundOutcome(mean_update=None)
         replies: list[tuple[int, float, dict[str, np.ndarray]]] = []
         rings: list[tuple[int, np.ndarray]] = []
+        sums: list[tuple[int, np.ndarray]] = []
         losses: list[float] = []
         eps: list[float] = []
         for info in sampled:
@@ -82,7 +108,9 @@ class LocalTransport:
             if res.status == STATUS_DECLINED:
                 out.declined.append(info.partition_id)
                 continue
-            if self.codec is not None:
+            if res.grad_sum is not None:
+                sums.append((info.partition_id, res.grad_sum))
+            elif self.codec is not None:
                 ring = res.ring
                 if ring is None and res.update is not None:
                     ring = self.codec.encode_update(res.update, res.num_examples)
@@ -95,7 +123,18 @@ class LocalTransport:
                 losses.append(res.train_loss)
             if res.epsilon is not None:
                 eps.append(res.epsilon)
-        if self.codec is not None:
+        if sums:
+            out.trained = [pid for pid, _ in sums]
+            plan = self.nodes[out.trained[0]].plan
+            out.mean_update, stats = central_gaussian_update(
+                self.cfg,
+                np.sum([g for _, g in sums], axis=0),
+                sigma=plan.noise_multiplier if plan is not None else 0.0,
+                like=params,
+                units=[self.units.get(pid, 0) for pid in out.trained],
+            )
+            out.extra = {"central_noise": stats}
+        elif self.codec is not None:
             if rings:
                 total = np.zeros_like(rings[0][1])
                 for _, ring in rings:
