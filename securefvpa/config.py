@@ -160,11 +160,20 @@ class ModelConfig:
     tau_start: float = 1.0  # Gumbel-Softmax temperature, annealed geometrically
     tau_end: float = 0.3
     length_feature: bool = True  # log-length of each response as an extra reward feature
+    # > 0: project the frozen text embeddings to this many dimensions with a fixed random
+    # orthogonal map before any trained layer (fewer trained parameters: less DP noise norm)
+    input_projection: int = 0
 
     def validate(self) -> None:
         _check(1 <= self.latent_dim <= 512, "model.latent_dim", self.latent_dim, "be in [1, 512]")
         _check(4 <= self.hidden <= 4096, "model.hidden", self.hidden, "be in [4, 4096]")
         _check(1 <= self.components <= 64, "model.components", self.components, "be in [1, 64]")
+        _check(
+            0 <= self.input_projection <= 8192,
+            "model.input_projection",
+            self.input_projection,
+            "be 0 (off) or a dimension in [1, 8192]",
+        )
         _check(self.beta >= 0.0, "model.beta", self.beta, "be >= 0")
         _check(self.ortho_weight >= 0.0, "model.ortho_weight", self.ortho_weight, "be >= 0")
         _check(self.tau_start > 0.0, "model.tau_start", self.tau_start, "be > 0")

@@ -32,6 +32,7 @@ def build_model(cfg: ModelConfig, *, embed_dim: int, n_types: int, seed: int) ->
             length_feature=cfg.length_feature,
             tau_start=cfg.tau_start,
             tau_end=cfg.tau_end,
+            input_projection=cfg.input_projection,
         )
 
 

@@ -81,6 +81,7 @@ class PreferenceModel(nn.Module):
         length_feature: bool,
         tau_start: float = 1.0,
         tau_end: float = 1.0,
+        input_projection: int = 0,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -106,6 +107,22 @@ class PreferenceModel(nn.Module):
         self.tau_end = float(tau_end)
         self.tau = self.tau_start  # current Gumbel-Softmax temperature (set_temperature)
         self.kl_weight = 1.0  # current KL warm-up factor (set_kl_weight)
+        if not 0 <= input_projection <= embed_dim:
+            raise ModelError(
+                f"model.input_projection must be in [0, embed_dim={embed_dim}]. "
+                f"Found {input_projection!r}."
+            )
+        if input_projection:
+            # A fixed random orthogonal projection of the frozen text embeddings (seeded with the
+            # model, identical on every node, never trained nor sent: a non-persistent buffer).
+            # Johnson-Lindenstrauss keeps the geometry, and every layer behind it shrinks: under
+            # DP the noise norm grows with sqrt(d) of the trained vector (README, private recipe).
+            q, _ = torch.linalg.qr(torch.randn(embed_dim, input_projection))
+            scale = (embed_dim / input_projection) ** 0.5
+            self.register_buffer("input_proj", q * scale, persistent=False)
+            embed_dim = input_projection
+        else:
+            self.input_proj = None
 
         latent = kind in ("vpl", "fedvpa-gp")
         if latent:
@@ -160,6 +177,12 @@ class PreferenceModel(nn.Module):
         """Names of the parameters that are federated: all of them (z is never a parameter)."""
         return [name for name, _ in self.named_parameters()]
 
+    def _project(self, embeddings: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The frozen input projection ([..., E] -> [..., k]) of text embeddings, if any."""
+        if self.input_proj is None:
+            return embeddings
+        return tuple(e @ self.input_proj for e in embeddings)
+
     # -- the latent ----------------------------------------------------------------------------
     def _latent(
         self,
@@ -184,7 +207,7 @@ class PreferenceModel(nn.Module):
             out["cond"] = F.one_hot(type_index, self.n_types).to(ctx[0].dtype)
             return out
 
-        mu, logvar = self.posterior(*ctx, ctx_mask)
+        mu, logvar = self.posterior(*self._project(ctx[:3]), ctx[3], ctx_mask)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
         out.update(mu=mu, logvar=logvar)
         if self.kind == "vpl":
@@ -216,6 +239,7 @@ class PreferenceModel(nn.Module):
         cond: torch.Tensor | None,
     ) -> torch.Tensor:
         """r(y_c) - r(y_r) per target pair [B, Kt]; both responses go through ONE head call."""
+        chosen, rejected = self._project((chosen, rejected))
         zero = torch.zeros((), dtype=chosen.dtype, device=chosen.device)
         m = mask.unsqueeze(-1)
         emb = torch.stack([torch.where(m, chosen, zero), torch.where(m, rejected, zero)], dim=2)
