@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import copy
 import numbers
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securefvpa.config import RunConfig, config_from_dict, set_dotted
+from securefvpa.config import RunConfig, config_from_dict, read_toml, set_dotted
 from securefvpa.errors import ConfigError
 
 INJECT_MODES = ("none", "no_noise", "no_clip")
@@ -106,15 +105,13 @@ def parse_audit_table(raw: dict[str, Any]) -> AuditSettings:
 def load_audit_config(
     path: str | Path, overrides: dict[str, Any] | None = None
 ) -> tuple[RunConfig, AuditSettings]:
-    """Read an audit TOML: ``[audit]`` -> :class:`AuditSettings`, the rest -> RunConfig."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {str(p)!r}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    raw = copy.deepcopy(raw)
+    """Read an audit TOML: ``[audit]`` -> :class:`AuditSettings`, the rest -> RunConfig.
+
+    The file is read by :func:`securefvpa.config.read_toml`, so a missing path, a folder, a
+    binary or non-UTF-8 file, invalid TOML and a file that sets no key are each a
+    :class:`ConfigError` naming the file.
+    """
+    raw = copy.deepcopy(read_toml(path))
     audit_raw = raw.pop("audit", {})
     if not isinstance(audit_raw, dict):
         raise ConfigError(f"audit must be a table. Found {audit_raw!r}.")
