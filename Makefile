@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export SECUREFVPA_HH_RLHF_DIR ?= $(abspath ../shared/data/relabeled_hh_rlhf)
 export SECUREFVPA_POLIS_DIR ?= $(abspath ../shared/data/polis)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench sweep clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/securefvpa run examples/demo.toml --out runs/demo
+
+# A small privacy-utility sweep (a few minutes); rerun to continue a killed one.
+sweep: $(STAMP)
+	$(VENV)/bin/securefvpa sweep examples/sweep.toml --out runs/sweep
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup

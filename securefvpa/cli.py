@@ -1,4 +1,4 @@
-"""The ``securefvpa`` command: data, run, account, ledger, report, audit, config.
+"""The ``securefvpa`` command: data, run, sweep, account, ledger, report, audit, config.
 
 Every command validates its arguments at the boundary and exits with status 2 and a one-line
 message naming the bad value on a ``SecureFVPAError`` (bad input). Status 1 is reserved for an
@@ -144,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in RUN_DIR from its last complete round")
     run.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                      metavar="KEY=VALUE", help=_SET_HELP)
+
+    sweep = _add(
+        sub, "sweep",
+        "privacy-utility study: every cell of the [sweep] grid (epsilon x unit x noise x model "
+        "x users x pairs per user x seeds) is a `securefvpa run` in DIR/cells/<cell id>; "
+        "resumable (finished cells are not rerun); writes DIR/results.csv, results.json, "
+        "results_by_group.csv, summary.csv (means with t intervals over seeds) and DIR/plots/",
+    )
+    sweep.add_argument("config", type=Path, metavar="CONFIG",
+                       help="sweep file: a run configuration plus a [sweep] table (TOML)")
+    sweep.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="sweep directory (created; rerun with the same DIR to continue); "
+                       "required unless --dry-run")
+    sweep.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+                       metavar="KEY=VALUE",
+                       help=_SET_HELP + " (sweep.* keys too, e.g. sweep.seeds=[0])")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="list the cells and the skipped combinations, run nothing")
 
     acc = _add(
         sub, "account",
@@ -312,6 +330,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if metrics.get("privacy_report"):
         print(f"privacy report: {metrics['privacy_report']['html']}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from securefvpa import sweep
+
+    if args.dry_run:
+        cells, skipped = sweep.plan_cells(sweep.load_sweep(args.config, dict(args.overrides)))
+        for cell in cells:
+            print(cell.cell_id)
+        for s in skipped:
+            print(f"skipped {s['cell_id']}: {s['reason']}")
+        print(f"{len(cells)} cells, {len(skipped)} skipped")
+        return 0
+    if args.out is None:
+        raise ConfigError("sweep: --out DIR is required (only --dry-run runs without it)")
+    _check_out_dir(args.out)
+    result = sweep.run_sweep(args.config, args.out, overrides=dict(args.overrides))
+    cols = ("model", "epsilon", "unit", "noise", "users", "pairs_per_user", "seeds",
+            "accuracy_unseen", "accuracy_seen", "mi_bits", "gap_closed")
+    print("\t".join(cols))
+    for s in result.summary:
+        print("\t".join(_cell(s, c) for c in cols))
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    if result.failed:
+        raise ConfigError(
+            f"{len(result.failed)} sweep cells failed: "
+            + "; ".join(f"{f['cell_id']}: {f['error']}" for f in result.failed[:3])
+        )
+    return 0
+
+
+def _cell(s: dict[str, Any], col: str) -> str:
+    """A summary value, with its 95 % interval when there is one."""
+    v = s.get(col)
+    if v is None:
+        return "-"
+    if not isinstance(v, float):
+        return str(v)
+    lo, hi = s.get(f"{col}_ci_low"), s.get(f"{col}_ci_high")
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
 
 def _cmd_account(args: argparse.Namespace) -> int:
@@ -590,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "data": _cmd_data,
         "run": _cmd_run,
+        "sweep": _cmd_sweep,
         "account": _cmd_account,
         "ledger": _cmd_ledger,
         "report": _cmd_report,
