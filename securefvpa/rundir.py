@@ -97,6 +97,7 @@ class Manifest:
     max_train_pairs: int
     train_pairs: tuple[int, ...] = ()
     units: tuple[int, ...] = ()
+    max_user_pairs: int = 0  # the most train pairs one seen user holds (per-user DP bound)
     data: dict[str, Any] = field(default_factory=dict)  # how the data was built (counts, source)
     schema: int = MANIFEST_SCHEMA
 

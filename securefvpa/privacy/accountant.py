@@ -38,6 +38,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 from securefvpa.errors import AccountingError
 from securefvpa.privacy.ddg import DdgEvent, DdgRound, PrivacyEvent
 from securefvpa.privacy.ddg import epsilon as ddg_epsilon
+from securefvpa.privacy.ddg import group_epsilon as ddg_group_epsilon
 from securefvpa.privacy.events import DpSgdEvent, check_client_id, neighboring_relation
 from securefvpa.privacy.rdp_replace import DEFAULT_ORDERS as RDP_ORDERS_REPLACE
 from securefvpa.privacy.rdp_replace import ReplaceOneRdpAccountant, replace_one_rdp
@@ -285,6 +286,44 @@ def epsilon_trajectory(
         key = HistoryKey(ev.relation, tuple(sorted((s, q, n) for (s, q), n in merged.items())))
         out.append((ev.round, _epsilon_cached(acc, key, dlt, d)))
     return out
+
+
+def group_epsilon_bound(
+    events: Sequence[PrivacyEvent],
+    *,
+    delta: float,
+    group_size: int,
+    accountant: str = "pld",
+) -> float:
+    """Per-group epsilon bound at ``delta`` (e.g. per user from per-pair events).
+
+    Group privacy of an (eps', delta')-DP guarantee for groups of ``k`` units is
+    ``(k eps', k e^{(k-1) eps'} delta')`` (Vadhan 2017, "The Complexity of Differential
+    Privacy", Lemma 2.2); a per-unit ``delta'`` with ``k e^{(k-1) eps(delta')} delta' <= delta``
+    is found by fixed-point iteration and ``k eps(delta')`` returned, ``math.inf`` when none
+    exists above 1e-300 (the bound is then vacuous). Distributed histories use the DDG RDP
+    curve directly (``privacy.ddg.group_epsilon``). A bound, labelled as such in reports.
+    """
+    evs = list(events)
+    dlt = check_delta(delta)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise AccountingError(f"group_size must be an integer >= 1. Found {group_size!r}.")
+    rounds = distributed_rounds(evs)
+    if rounds is not None:
+        return float(ddg_group_epsilon(rounds, delta=dlt, group_size=group_size).epsilon)
+    k = group_size
+    if k == 1:
+        return epsilon(evs, dlt, accountant=accountant)
+    unit_delta = dlt / k
+    for _ in range(50):
+        eps = epsilon(evs, unit_delta, accountant=accountant)
+        log_needed = math.log(dlt) - math.log(k) - (k - 1) * eps
+        if log_needed < math.log(1e-300):
+            return math.inf
+        if math.log(unit_delta) <= log_needed + 1e-12:
+            return k * eps
+        unit_delta = math.exp(log_needed)
+    return math.inf
 
 
 def clear_caches() -> None:

@@ -42,6 +42,7 @@ from securefvpa.privacy.accountant import (
     check_discretization,
     epsilon,
     epsilon_trajectory,
+    group_epsilon_bound,
 )
 from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
 from securefvpa.privacy.events import canonical_json
@@ -499,6 +500,7 @@ def build_report_from_entries(
     secagg: Mapping[str, Any] | None = None,
     stopped_early: str | None = None,
     exhausted_clients: int | list[str] | list[int] | None = None,
+    group_size: int | None = None,
 ) -> dict[str, Any]:
     """The report for verified ``entries``; see :func:`build_report`."""
     delta = check_delta(delta)
@@ -626,8 +628,51 @@ def build_report_from_entries(
         "secure_aggregation": secure,
         "run_outcome": outcome,
     }
+    report["per_user_bound"] = _per_user_bound(
+        events, units, group_size, delta=delta, primary=primary
+    )
     report["notes"] = _notes(report)
     return report
+
+
+def _per_user_bound(
+    events: Mapping[str, list[PrivacyEvent]],
+    units: set[str],
+    group_size: int | None,
+    *,
+    delta: float,
+    primary: str,
+) -> dict[str, Any] | None:
+    """Per-user epsilon: the accounted epsilon when the unit is the user; for pair-level runs a
+    group-privacy bound over the most train pairs one user holds (``group_size``, public under
+    replace-one), labelled a bound (``accountant.group_epsilon_bound``)."""
+    if units == {"user"}:
+        return {
+            "group_size": 1,
+            "epsilon_max": None,
+            "vacuous": False,
+            "note": "the privacy unit is the user: the epsilon above is already per user",
+        }
+    if group_size is None:
+        return None
+    k = _count("group_size", group_size, minimum=1)
+    bounds = [
+        group_epsilon_bound(evs, delta=delta, group_size=k, accountant=primary)
+        for evs in events.values()
+        if evs
+    ]
+    worst = max(bounds, default=0.0)
+    vacuous = not math.isfinite(worst)
+    return {
+        "group_size": k,
+        "epsilon_max": None if vacuous else worst,
+        "vacuous": vacuous,
+        "note": (
+            f"a BOUND by group privacy over the {k} train pairs one user may hold "
+            "(k eps', k e^((k-1) eps') delta'), not an accounted value"
+            + ("; at this epsilon it is vacuous (no finite bound at this delta)" if vacuous else "")
+        ),
+    }
 
 
 def build_report(
@@ -646,6 +691,7 @@ def build_report(
     secagg: Mapping[str, Any] | None = None,
     stopped_early: str | None = None,
     exhausted_clients: int | list[str] | list[int] | None = None,
+    group_size: int | None = None,
 ) -> dict[str, Any]:
     """Verify the ledger, then derive the privacy report from its entries and the arguments.
 
@@ -665,7 +711,9 @@ def build_report(
       "dropouts", "clipped_coordinates", "aborted"?}, ...], "threshold_fraction"?,
       "ring_bits"?, "clip_range"?, "graph_degree"?, "server_saw"?}``;
     - ``stopped_early``: why training stopped before the planned rounds, or None;
-    - ``exhausted_clients``: the clients the run stopped sampling (ids or a count).
+    - ``exhausted_clients``: the clients the run stopped sampling (ids or a count);
+    - ``group_size``: the most train pairs one user holds, for a per-user group-privacy bound
+      of a pair-level run (``per_user_bound``; labelled a bound).
 
     Raises :class:`LedgerError` if the ledger fails verification or disagrees with
     ``run_id``/``config_hash``; :class:`AccountingError` for bad arguments.
@@ -690,6 +738,7 @@ def build_report(
         secagg=secagg,
         stopped_early=stopped_early,
         exhausted_clients=exhausted_clients,
+        group_size=group_size,
     )
     validate_report(report)
     return report
@@ -720,6 +769,9 @@ def report_inputs(report: Mapping[str, Any]) -> dict[str, Any]:
     if outcome:
         out["stopped_early"] = outcome["stopped_early"]
         out["exhausted_clients"] = outcome["exhausted_clients"]
+    bound = report.get("per_user_bound")
+    if bound and bound["group_size"] > 1:
+        out["group_size"] = bound["group_size"]
     return out
 
 
@@ -744,6 +796,8 @@ def report_inputs_from_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
         out["stopped_early"] = metrics["stopped_early"]
     if metrics.get("exhausted_clients") is not None:
         out["exhausted_clients"] = metrics["exhausted_clients"]
+    if metrics.get("privacy_group_size"):
+        out["group_size"] = int(metrics["privacy_group_size"])
     return out
 
 

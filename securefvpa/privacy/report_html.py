@@ -353,9 +353,20 @@ def _accounting(report: dict[str, Any]) -> str:
     def join(xs: list[Any]) -> str:
         return ", ".join(f"{x:g}" for x in xs) or "–"
 
+    bound = report.get("per_user_bound")
+    if bound is None:
+        per_user = "not derived (no group size given)"
+    elif bound["group_size"] == 1:
+        per_user = "ε above (the unit is the user)"
+    elif bound["vacuous"]:
+        per_user = f"vacuous bound (group of {bound['group_size']} pairs)"
+    else:
+        per_user = f"≤ {bound['epsilon_max']:.3g} (a BOUND: group of {bound['group_size']} pairs)"
     left = _table(
         [
             ("privacy unit", acc["privacy_unit"]),
+            ("mechanism", acc.get("mechanism", "–")),
+            ("ε per user", per_user),
             ("neighbouring relation", acc["neighbouring_relation"] or "–"),
             ("budget ε per client", acc["budget_epsilon"]),
             ("δ", acc["delta"]),

@@ -79,6 +79,12 @@ def run_metrics(cfg: RunConfig, result: RoundsResult, manifest: Manifest) -> dic
         "exhausted_clients": result.exhausted,
         "secagg": secagg_summary(cfg, result.rounds),
         "privacy": cfg.privacy.enabled,
+        # per-user bound of a pair-level DP run (report.per_user_bound), public under replace-one
+        "privacy_group_size": (
+            manifest.max_user_pairs
+            if cfg.privacy.enabled and cfg.privacy.unit == "pair" and manifest.max_user_pairs
+            else None
+        ),
         "data": manifest.data,
     }
 

@@ -94,6 +94,7 @@ def prepare_federated(
         max_train_pairs=max(p.n_train_pairs for p in parts),
         train_pairs=tuple(p.n_train_pairs for p in train),
         units=tuple(units_per_client(cfg, p) for p in train),
+        max_user_pairs=max((len(u.train_rows) for p in train for u in p.users), default=0),
         data=data,
     )
     write_manifest(run_dir, manifest)
