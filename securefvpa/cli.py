@@ -1,4 +1,4 @@
-"""The ``securefvpa`` command: data, run, sweep, account, ledger, report, audit, config.
+"""The ``securefvpa`` command: data, run, score, sweep, account, ledger, report, audit, config.
 
 Every command validates its arguments at the boundary and exits with status 2 and a one-line
 message naming the bad value on a ``SecureFVPAError`` (bad input). Status 1 is reserved for an
@@ -13,6 +13,7 @@ with the option named.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -144,6 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in RUN_DIR from its last complete round")
     run.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                      metavar="KEY=VALUE", help=_SET_HELP)
+
+    score = _add(
+        sub, "score",
+        "score candidate responses to a prompt for ONE user with a trained federated run: the "
+        "user's latent z is inferred on this machine from their own pairs and never printed; "
+        "scores are centred rewards (they sum to 0) and sigmoid(s_i - s_j) is the model's "
+        "probability that the user prefers response i over response j",
+    )
+    score.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                       help="a finished federated run directory (the --out of `securefvpa run`;"
+                       " central runs keep no parameters)")
+    score.add_argument("--pairs", required=True, type=Path, metavar="USER.jsonl",
+                       help="the user's own preference pairs: JSONL records of one user_id "
+                       "(README \"Your own data\"); the oracle model also needs user_type")
+    score.add_argument("--prompt", required=True, metavar="TEXT",
+                       help='the prompt the responses answer, e.g. "Human: How do I ...?"')
+    score.add_argument("--responses", required=True, nargs="+", metavar="FILE_OR_TEXT",
+                       help="two or more candidate responses; each value is the text itself or "
+                       "the path of an existing file holding one response (UTF-8, a final "
+                       "newline dropped)")
+    score.add_argument("--json", action="store_true",
+                       help="print JSON (prompt, responses with scores, preferred index; never z)")
 
     sweep = _add(
         sub, "sweep",
@@ -371,6 +394,67 @@ def _cell(s: dict[str, Any], col: str) -> str:
         return str(v)
     lo, hi = s.get(f"{col}_ci_low"), s.get(f"{col}_ci_high")
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+
+
+_FILE_SUFFIXES = (".txt", ".md", ".json", ".jsonl", ".text")
+
+
+def _response_arg(value: str) -> str:
+    """One ``--responses`` value: the text of an existing file, else the text itself. A value
+    that looks like a file name (no whitespace, a text-file suffix) but names no file is an
+    error rather than a response, so a mistyped path is not scored as text."""
+    if not value.strip():
+        return value  # refused by name with the other responses (train.inference)
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"--responses {value!r} is a directory, not a response or a file")
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"--responses file {value!r} is not UTF-8 text (byte {exc.start})"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"--responses file {value!r} cannot be read: {exc.strerror}") from None
+        return text[:-1] if text.endswith("\n") else text
+    if not any(c.isspace() for c in value) and path.suffix.lower() in _FILE_SUFFIXES:
+        raise ConfigError(
+            f"--responses {value!r}: no such file (give the response text itself, or the path "
+            "of an existing file)"
+        )
+    return value
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from securefvpa.api import load_model
+
+    responses = [_response_arg(v) for v in args.responses]
+    if not args.pairs.is_file():
+        raise ConfigError(f"--pairs {str(args.pairs)!r} is not a file")
+    model = load_model(args.run_dir)
+    result = model.score(args.pairs, prompt=args.prompt, responses=responses)
+    if args.json:
+        out = {"run_dir": str(args.run_dir), **result.to_json()}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    print(
+        f"{result.model} model of {args.run_dir}; z inferred on this machine from the user's "
+        f"{result.context_pairs} pairs (not shown)"
+    )
+    print("   score  response")
+    for i, (text, value) in enumerate(zip(result.responses, result.scores)):
+        mark = "*" if i == result.preferred else " "
+        short = " ".join(text.split())
+        short = short if len(short) <= 90 else short[:89] + "…"
+        print(f"{mark} {value:+.4f}  [{i + 1}] {short}")
+    others = [j for j in range(len(result.scores)) if j != result.preferred]
+    runner_up = max(others, key=lambda j: result.scores[j])
+    print(
+        f"preferred: [{result.preferred + 1}] (P(preferred over [{runner_up + 1}]) = "
+        f"{result.probability(result.preferred, runner_up):.3f})"
+    )
+    return 0
 
 
 def _cmd_account(args: argparse.Namespace) -> int:
@@ -649,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "data": _cmd_data,
         "run": _cmd_run,
+        "score": _cmd_score,
         "sweep": _cmd_sweep,
         "account": _cmd_account,
         "ledger": _cmd_ledger,
@@ -656,12 +741,19 @@ def main(argv: list[str] | None = None) -> int:
         "audit": _cmd_audit,
         "config": _cmd_config,
     }
+    from securefvpa.rounds.progress import close_progress, filter_known_noise
+
+    # Known harmless third-party messages (rounds.progress.KNOWN_*) are hidden unless -v.
+    quiet = contextlib.nullcontext() if args.verbose else filter_known_noise()
     try:
-        return handlers[args.command](args)
+        with quiet:
+            return handlers[args.command](args)
     except SecureFVPAError as exc:
+        close_progress()  # the message starts on its own line, not after a progress bar
         print(f"securefvpa {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        close_progress()
         print("interrupted", file=sys.stderr)
         return 130
 
