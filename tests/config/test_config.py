@@ -84,3 +84,39 @@ def test_overrides_are_validated_too(tmp_path):
     assert load_config(path, {"federation.rounds": 5}).federation.rounds == 5
     with pytest.raises(ConfigError, match="federation.rounds"):
         load_config(path, {"federation.rounds": -5})
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"privacy": {"enabled": True, "noise": "distributed"}}, "secagg.enabled = true"),
+        (
+            {
+                "privacy": {"enabled": True, "noise": "distributed"},
+                "secagg": {"enabled": True},
+                "federation": {"mode": "simulation", "local_steps": 3},
+            },
+            "local_steps = 1",
+        ),
+        (
+            {
+                "privacy": {"enabled": True, "noise": "distributed", "grad_sample_mode": "ghost"},
+                "secagg": {"enabled": True},
+                "federation": {"mode": "simulation", "local_steps": 1},
+            },
+            "ghost",
+        ),
+        (
+            {"privacy": {"enabled": True, "noise": "central"}, "federation": {"mode": "simulation"}},
+            "inprocess",
+        ),
+        ({"privacy": {"noise_multiplier": 0.0}}, "leave it out"),
+        ({"privacy": {"delta": 0.0}}, "leave it out"),
+        ({"privacy": {"max_colluding_clients": -1}}, "privacy.max_colluding_clients"),
+        ({"secagg": {"rotation_block": 1000}}, "power of two"),
+        ({"model": {"input_projection": -2}}, "model.input_projection"),
+    ],
+)
+def test_noise_modes_and_new_keys_are_checked(over, needle):
+    with pytest.raises(ConfigError, match=needle):
+        config_from_dict(over)

@@ -121,3 +121,22 @@ def test_a_history_never_mixes_local_and_distributed_rounds():
     )
     with pytest.raises(AccountingError, match="mixes local DP-SGD and distributed"):
         epsilon([local, ddg.DdgEvent(**GOOD)], 1e-5)
+
+
+def test_group_bound_is_k_eps_for_pure_dp_limit_and_vacuous_when_it_must_be():
+    """Per-user from per-pair: k eps' at a per-unit delta' with k e^((k-1) eps') delta' <= delta
+    (Vadhan 2017, Lemma 2.2). At k = 1 it is the accounted epsilon; it grows with k; at a
+    large per-pair epsilon and k it has no finite value (reported as vacuous)."""
+    from securefvpa.privacy.accountant import group_epsilon_bound
+
+    small = [
+        DpSgdEvent(client_id="c", round=r, noise_multiplier=5.0, sample_rate=0.1, steps=1, clip=1.0)
+        for r in range(100)
+    ]
+    eps1 = epsilon(small, 1e-5)
+    assert group_epsilon_bound(small, delta=1e-5, group_size=1) == eps1
+    g4 = group_epsilon_bound(small, delta=1e-5, group_size=4)
+    assert 4 * eps1 < g4 < float("inf")  # k eps' at a smaller delta' > k eps(delta)
+    assert group_epsilon_bound(small, delta=1e-5, group_size=12) == float("inf")
+    big = [ddg.DdgEvent(**{**GOOD, "round": r}) for r in (1, 2)]
+    assert group_epsilon_bound(big, delta=1e-5, group_size=1) == pytest.approx(epsilon(big, 1e-5))
