@@ -283,7 +283,7 @@ class PrivacyPlan:
         """
         planned = self.event(client_id=client_id, round=round, attempt=attempt)
         with Ledger(self.ledger) as ledger:
-            history = ledger.events_by_client().get(client_id, [])
+            history = ledger.events_for_client(client_id)  # this client's rows only (indexed)
             decision = self.guard().check(
                 client_id=client_id, history=history, planned_event=planned
             )

@@ -17,6 +17,13 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_loads(path: Path) -> None:
+    from securefvpa.config import read_toml
+
+    if "sweep" in read_toml(path):  # a sweep file: a run config plus a [sweep] grid
+        from securefvpa.sweep import load_sweep, plan_cells
+
+        assert plan_cells(load_sweep(path))[0]
+        return
     cfg = load_config(path)
     assert cfg.run_id
 
