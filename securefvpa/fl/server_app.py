@@ -223,7 +223,7 @@ class FlowerTransport:
                 log.warning("evaluation reply of node %s: %s", r.metadata.src_node_id, exc)
                 continue
             rows.append((node.partition_id, node.role, rec.counts()))
-        return combine_eval(rows, self.cfg)
+        return combine_eval(rows, self.cfg, type_names=self.manifest.type_names)
 
 
 # ---------------------------------------------------------------------------------------------

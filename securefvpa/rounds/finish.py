@@ -74,6 +74,7 @@ def run_metrics(cfg: RunConfig, result: RoundsResult, manifest: Manifest) -> dic
         "accuracy": result.final.get("accuracy", {}),
         "pairs": result.final.get("pairs", {}),
         "latent": result.final.get("latent", {}),
+        "by_group": result.final.get("by_group"),
         "rounds": result.rounds,
         "stopped_early": result.stopped_early,
         "exhausted_clients": result.exhausted,

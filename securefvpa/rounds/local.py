@@ -174,4 +174,5 @@ class LocalTransport:
             for pid, n in sorted(self.nodes.items())
         ]
         self.last_eval_rows = rows
-        return combine_eval(rows, self.cfg)
+        names = next(iter(self.nodes.values())).partition.pairs.type_names
+        return combine_eval(rows, self.cfg, type_names=names)
