@@ -1,0 +1,39 @@
+"""examples/quickstart.py runs as a user would run it and prints what it promises."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # ~20 s: a real DP run (sigma calibrated from the target epsilon) + scoring
+def test_quickstart_runs_and_prints_epsilon_accuracy_and_scores(tmp_path):
+    """The printed epsilon and accuracy are the run's (privacy_report.json, metrics.json), the two
+    scores are centred and the probability is sigmoid(s1 - s2). Mutant caught: scores not
+    centred in train.inference (s = r - r_1)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr
+    eps = float(re.search(r"epsilon spent: ([0-9.]+) \(delta 1e-05, budget 8\)", out).group(1))
+    report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
+    assert 0.0 < eps <= 8.0 and eps == pytest.approx(report["summary"]["epsilon_max"], abs=5e-3)
+    acc = re.search(r"accuracy on held-out pairs \(chance 0\.50\): (\{.*\})", out).group(1)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key, value in json.loads(acc.replace("'", '"')).items():
+        assert value == pytest.approx(metrics["accuracy"][key], abs=1e-3)
+    scores = [float(s) for s in re.findall(r"^score ([+-][0-9.]+)  ", out, re.M)]
+    assert len(scores) == 2 and sum(scores) == pytest.approx(0.0, abs=2e-4)
+    p = float(re.search(r"P\(user prefers the first\) = ([0-9.]+)", out).group(1))
+    assert p == pytest.approx(1 / (1 + math.exp(-(scores[0] - scores[1]))), abs=1e-3)
