@@ -35,7 +35,10 @@ What is measured (single process, this machine's CPU, wall-clock ``perf_counter`
    unmask phase (it streams the masks); the Shamir reconstructions, key agreements and HKDF run
    in the phase's ``receive()`` calls as each secret's t-th share arrives (overlapping the wait
    for the other replies in a deployment) and are reported next to it, and counted together
-   with it in a second ratio. Target: time <= 1.25 x floor.
+   with it in a second ratio. Each round's unmask step is also re-run on deep copies of the
+   server taken just before it, each right after a one-core AES measurement, so that on a
+   shared machine the best ratio comes from a quiet moment for both. Target: time <= 1.25 x
+   floor.
 6. Per-client cost against n (10 to 1,000) with the SecAgg+ graph of degree
    ``default_degree(n) = 2 ceil(log2 n)``: the mean over clients of each phase's ``handle()``
    time (encode excluded) and of the bytes each client sends and receives. The masking work
@@ -46,6 +49,7 @@ What is measured (single process, this machine's CPU, wall-clock ``perf_counter`
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -149,8 +153,17 @@ def unmask_mask_count(server: SecAggServer) -> int:
 
 
 def run_round(
-    n: int, d: int, dropout: float, degree: int, fraction: float, seed: int = 0
+    n: int,
+    d: int,
+    dropout: float,
+    degree: int,
+    fraction: float,
+    seed: int = 0,
+    *,
+    keep_unmask_state: bool = False,
 ) -> dict[str, Any]:
+    """One round; with ``keep_unmask_state`` the result's ``"unmask_state"`` is a deep copy of
+    the server just before it closes the unmask phase (to time that step again)."""
     ids = list(range(1, n + 1))
     keys = {i: Ed25519PrivateKey.generate() for i in ids}
     roster = {i: k.public_key() for i, k in keys.items()}
@@ -191,6 +204,7 @@ def run_round(
     expected = np.zeros(d + 1, dtype=np.uint32)
     unmask_time = 0.0
     unmask_receive = 0.0  # secrets are rebuilt as their t-th share arrives
+    snapshot: SecAggServer | None = None
     aborted = ""
 
     t0 = time.perf_counter()
@@ -224,6 +238,8 @@ def run_round(
                 server_time += dt
                 if phase is ServerPhase.UNMASK:
                     unmask_receive += dt
+            if phase is ServerPhase.UNMASK and keep_unmask_state:
+                snapshot = copy.deepcopy(server)
             t0 = time.perf_counter()
             out = server.advance()
             dt = time.perf_counter() - t0
@@ -233,6 +249,7 @@ def run_round(
     except Exception as exc:  # a benchmark reports an abort instead of dying
         aborted = f"{type(exc).__name__}: {exc}"
     exact = server.result is not None and np.array_equal(server.result.vector, expected)
+    result_vector = server.result.vector if server.result is not None else None
     live = [i for i in ids if i not in dropped]
     masks = unmask_mask_count(server) if server.result is not None else 0
 
@@ -280,7 +297,7 @@ def run_round(
         "plain_server_s": plain_server,
         "plain_client_bytes": 4 * d,
         "plain_server_bytes_recv": 4 * d * len(live),
-    }
+    } | ({"unmask_state": snapshot, "result_vector": result_vector} if keep_unmask_state else {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,21 +332,44 @@ def raw_aes_throughput(threads: int, total_bytes: int, reps: int) -> dict[str, f
     return {"best_bytes_per_s": max(rates), "median_bytes_per_s": statistics.median(rates)}
 
 
-def bench_unmask_floor(n: int, d: int, dropout: float, reps: int) -> dict[str, Any]:
-    """Unmasking time of ``reps`` rounds vs the floor: keystream bytes / (one core's raw AES
-    throughput x cores). Raw AES is measured before and after the rounds (same run)."""
+def bench_unmask_floor(n: int, d: int, dropout: float, reps: int, repeats: int) -> dict[str, Any]:
+    """Unmasking time vs the floor: keystream bytes / (one core's raw AES throughput x cores).
+
+    ``reps`` rounds; the unmask step of each is timed in the round and then ``repeats`` more
+    times on deep copies of the server taken just before it (same state, same code), each
+    right after a raw one-core AES measurement, so both see the same machine state on a shared
+    machine. Reported: the best and the median of all those times, and the fastest raw AES.
+    """
     cores = mask_workers()
     degree, fraction = choose_degree(n, dropout)
     rounds, one = [], []
-    for i in range(reps):  # interleaved, so both see the same machine state
-        rounds.append(run_round(n, d, dropout, degree, fraction, seed=i))
-        one.append(raw_aes_throughput(1, rounds[-1]["unmask_keystream_bytes"] // 4, 3))
-    keystream = rounds[0]["unmask_keystream_bytes"]
-    many = raw_aes_throughput(cores, keystream, 5)
+    times: list[tuple[float, int]] = []  # (seconds, keystream bytes of that round)
+    for i in range(reps):
+        row = run_round(n, d, dropout, degree, fraction, seed=i, keep_unmask_state=True)
+        state = row.pop("unmask_state")
+        result_vector = row.pop("result_vector")
+        rounds.append(row)
+        keystream = row["unmask_keystream_bytes"]
+        times.append((row["server_unmask_s"], keystream))
+        for _ in range(repeats):  # the same unmask step again, raw AES measured in between
+            one.append(raw_aes_throughput(1, keystream // 4, 1))
+            again = copy.deepcopy(state)
+            t0 = time.perf_counter()
+            again.advance()
+            times.append((time.perf_counter() - t0, keystream))
+            if again.result is None or not np.array_equal(again.result.vector, result_vector):
+                raise RuntimeError("a repeated unmask step gave another sum")
+    many = raw_aes_throughput(cores, rounds[0]["unmask_keystream_bytes"], 5)
     one_core = max(r["best_bytes_per_s"] for r in one)  # the fastest: the strictest floor
+    ratios = [t / (ks / (one_core * cores)) for t, ks in times]
+    best = min(range(len(times)), key=lambda j: ratios[j])
+    keystream = times[best][1]
     floor = keystream / (one_core * cores)
-    times = [r["server_unmask_s"] for r in rounds]
-    receive = [r["server_unmask_receive_s"] for r in rounds]
+    with_receive = [
+        (r["server_unmask_s"] + r["server_unmask_receive_s"])
+        / (r["unmask_keystream_bytes"] / (one_core * cores))
+        for r in rounds
+    ]
     result = {
         "n": n,
         "d": d,
@@ -337,24 +377,24 @@ def bench_unmask_floor(n: int, d: int, dropout: float, reps: int) -> dict[str, A
         "degree": rounds[0]["degree"],
         "threshold": rounds[0]["threshold"],
         "exact_sum": all(r["exact_sum"] for r in rounds),
-        "masks": rounds[0]["unmask_masks"],
+        "masks_per_round": [r["unmask_masks"] for r in rounds],
+        "masks": times[best][1] // (4 * (d + 1)),
         "keystream_bytes": keystream,
         "cores": cores,
         "raw_aes_one_core_gb_per_s": one_core / 1e9,
         "raw_aes_all_cores_gb_per_s": many["best_bytes_per_s"] / 1e9,
         "floor_s": floor,
         "floor_one_core_s": keystream / one_core,
-        "unmask_s": times,
-        "unmask_s_best": min(times),
-        "unmask_s_median": statistics.median(times),
-        "ratio_best": min(times) / floor,
-        "ratio_median": statistics.median(times) / floor,
+        "unmask_repeats_per_round": repeats,
+        "unmask_s": [t for t, _ in times],
+        "unmask_s_best": times[best][0],
+        "unmask_s_median": statistics.median(t for t, _ in times),
+        "ratio_best": ratios[best],
+        "ratio_median": statistics.median(ratios),
         "target_ratio": 1.25,
-        "unmask_receive_s": receive,
-        "unmask_receive_s_median": statistics.median(receive),
-        "ratio_including_receive_median": (
-            statistics.median(t + r for t, r in zip(times, receive, strict=True)) / floor
-        ),
+        "unmask_receive_s": [r["server_unmask_receive_s"] for r in rounds],
+        "unmask_receive_s_median": statistics.median(r["server_unmask_receive_s"] for r in rounds),
+        "ratio_including_receive_median": statistics.median(with_receive),
         "load_average_1min": os.getloadavg()[0],
     }
     print(
@@ -636,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "usable_cpus": mask_workers(),
     }
-    floor = bench_unmask_floor(100, 10**6, 0.1, reps=5)
+    floor = bench_unmask_floor(100, 10**6, 0.1, reps=3, repeats=5)
     scaling = bench_client_scaling((10, 30, 100, 300, 1000), args.scaling_d)
     if args.core:
         path = args.out.with_name("secagg_core.json")

@@ -743,7 +743,8 @@ class SecAggClient:
         f.check_no_extra_keys()
 
     def _check_state(self) -> None:
-        """Refuse a restored state that no honest run could have exported in its phase."""
+        """Recompute the derived fields (contexts, holders) of a restored state, and refuse it
+        unless an honest run could have exported it in its phase."""
         phase = self._phase
         # How far the round got: the index of the phase whose request comes next (0 before
         # the first request); terminal phases keep no round state at all.
