@@ -33,14 +33,32 @@ APP_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml with [t
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run leaves behind: its metrics and where its files are."""
+    """What a run leaves behind: its metrics and where its files are.
+
+    With DP on, the server never receives evaluation counts (they stay on the nodes);
+    ``node_evaluation`` is then what the operator of every node of a simulation aggregated from
+    the nodes' own logs (``node_evaluation.json``; None in deployment mode).
+    """
 
     run_dir: Path
     metrics: dict[str, Any]
+    node_evaluation: dict[str, Any] | None = None
 
     @property
     def accuracy(self) -> dict[str, float | None]:
-        return dict(self.metrics.get("accuracy", {}))
+        """Accuracy as the server measured it, or (DP) as the nodes' own logs give it."""
+        server = dict(self.metrics.get("accuracy", {}))
+        if any(v is not None for v in server.values()) or self.node_evaluation is None:
+            return server
+        return dict(self.node_evaluation["final"].get("accuracy", {}))
+
+    @property
+    def epsilon(self) -> float | None:
+        """The largest per-client epsilon of a DP run (its report's ``summary.epsilon_max``)."""
+        path = self.report_path
+        if path is None or not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))["summary"]["epsilon_max"]
 
     @property
     def metrics_path(self) -> Path:
@@ -179,13 +197,74 @@ def run(
 
     prepare_or_resume(cfg, rd, resume=resume, load=load)
     if cfg.federation.mode == "inprocess":
-        return RunResult(rd.root, run_inprocess(cfg, rd, resume=resume))
-    if cfg.federation.mode == "simulation":
+        metrics = run_inprocess(cfg, rd, resume=resume)
+    elif cfg.federation.mode == "simulation":
         metrics = launch.run_simulation_mode(cfg, rd, resume=resume)
     else:  # the ServerApp runs under the SuperLink and leaves its metrics in the run directory
         launch.run_deployment_mode(cfg, rd, resume=resume, app_dir=APP_DIR)
-        metrics = json.loads(rd.metrics.read_text(encoding="utf-8"))
-    return RunResult(rd.root, metrics)
+        return RunResult(rd.root, json.loads(rd.metrics.read_text(encoding="utf-8")))
+    node_eval = collect_node_evaluation(cfg, rd, metrics) if cfg.privacy.enabled else None
+    return RunResult(rd.root, metrics, node_eval)
+
+
+def evaluated_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with the evaluation filled in from ``node_evaluation.json`` when the server
+    has none (DP simulations: the nodes kept their counts; their operator aggregated them).
+    The result names its ``evaluation_source``; ``metrics.json`` itself is never rewritten."""
+    path = RunDir(Path(run_dir)).node_evaluation
+    server_has = any(v is not None for v in metrics.get("accuracy", {}).values())
+    if server_has or not path.is_file():
+        return metrics | {"evaluation_source": "server"}
+    node = json.loads(path.read_text(encoding="utf-8"))
+    final = node["final"]
+    rounds = [
+        r | {"eval": node["rounds"][str(r["round"])]} if str(r["round"]) in node["rounds"] else r
+        for r in metrics.get("rounds", [])
+    ]
+    return metrics | {
+        "accuracy": final.get("accuracy", {}),
+        "latent": final.get("latent", {}),
+        "pairs": final.get("pairs", {}),
+        "by_group": final.get("by_group"),
+        "rounds": rounds,
+        "evaluation_source": node["source"],
+    }
+
+
+NODE_EVAL_SOURCE = (
+    "the nodes' own evaluation logs, aggregated by the simulation's operator (who runs every "
+    "node); with DP on the server never received these counts"
+)
+
+
+def collect_node_evaluation(
+    cfg: RunConfig, rd: RunDir, metrics: dict[str, Any]
+) -> dict[str, Any] | None:
+    """DP simulations: aggregate the nodes' own evaluation logs into ``node_evaluation.json``
+    and re-derive the privacy report with that utility, labelled with its source."""
+    from securefvpa.privacy.plan import load_plan, write_privacy_report
+    from securefvpa.rounds.evaluation import collect_node_evaluations
+    from securefvpa.rundir import read_manifest
+
+    manifest = read_manifest(rd)
+    rounds = collect_node_evaluations(
+        [rd.eval_log(pid) for pid in range(manifest.clients)],
+        cfg,
+        type_names=manifest.type_names,
+    )
+    if not rounds:
+        return None
+    last = max(rounds)
+    out = {"source": NODE_EVAL_SOURCE, "final_round": last, "final": rounds[last]}
+    out["rounds"] = {str(r): m for r, m in rounds.items()}
+    atomic_write_text(rd.node_evaluation, json.dumps(out, indent=2, default=str))
+    plan = load_plan(cfg, rd)
+    if plan is not None:
+        utility = dict(rounds[last]["accuracy"]) | {"source": NODE_EVAL_SOURCE}
+        write_privacy_report(
+            cfg, rd, plan, metrics=metrics | {"accuracy": utility, "pairs": rounds[last]["pairs"]}
+        )
+    return out
 
 
 def run_inprocess(cfg: RunConfig, rd: RunDir, *, resume: bool) -> dict[str, Any]:

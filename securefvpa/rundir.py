@@ -16,6 +16,8 @@ Layout of ``RUN_DIR``::
     server_state.npz            the server checkpoint after the last complete round
     rounds.journal              one line per round attempt started (crash recovery under DP)
     metrics.json                final metrics; final_params.npz the final global parameters
+    nodes/eval_NNNNN.jsonl      DP runs: each simulated node's own evaluation counts (kept there)
+    node_evaluation.json        DP simulations: those logs aggregated by the simulation operator
     privacy_report.json         the epsilon report derived from the ledger, and report.html
 
 Client trust boundary. In a deployment the server is not trusted to tell a client which files
@@ -66,6 +68,7 @@ class RunDir:
     journal = property(lambda self: self.root / "rounds.journal")
     metrics = property(lambda self: self.root / "metrics.json")
     final_params = property(lambda self: self.root / "final_params.npz")
+    node_evaluation = property(lambda self: self.root / "node_evaluation.json")
     report_json = property(lambda self: self.root / "privacy_report.json")
     report_html = property(lambda self: self.root / "report.html")
     flower_home = property(lambda self: self.root / ".flwr")
@@ -75,6 +78,10 @@ class RunDir:
 
     def node_config(self, partition_id: int) -> Path:
         return self.nodes / f"node_{partition_id:05d}.toml"
+
+    def eval_log(self, partition_id: int) -> Path:
+        """A simulated node's own evaluation log (DP runs keep evaluation counts on the node)."""
+        return self.nodes / f"eval_{partition_id:05d}.jsonl"
 
     def identity(self, partition_id: int) -> Path:
         return self.secagg / "identities" / f"client_{partition_id:05d}.key"
@@ -193,6 +200,7 @@ class NodeConfig:
     max_train_pairs: int = 0
     train_clients: int = 0
     clip_range: float = 0.0  # fixed-point clip range (secure aggregation without DDG)
+    eval_log: str = ""  # DP runs: where the node keeps its evaluation counts (never sent)
     schema: int = NODE_CONFIG_SCHEMA
     distributed: dict[str, Any] = field(default_factory=dict)  # distributed-DP mechanism (plan)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -523,7 +523,7 @@ def _set_aside(root: Path, stale_dir: Path) -> Path:
 
 def run_cell(cell: Cell, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Finish one cell (run, resume, or nothing when it is done); return (metrics, record)."""
-    from securefvpa.run import run
+    from securefvpa.run import evaluated_metrics, run
 
     root = out / "cells" / cell.cell_id
     state = cell_state(cell, root)
@@ -531,7 +531,9 @@ def run_cell(cell: Cell, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     want = config_hash(cell.config)
     if state == "done":
         log.info("sweep: %s already finished (config %s); not rerun", cell.cell_id, want[:12])
-        metrics = json.loads(RunDir(root).metrics.read_text(encoding="utf-8"))
+        metrics = evaluated_metrics(
+            root, json.loads(RunDir(root).metrics.read_text(encoding="utf-8"))
+        )
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         return metrics, record | {"state": "done"}
     if state == "stale":
@@ -546,7 +548,7 @@ def run_cell(cell: Cell, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if resume:
         log.info("sweep: %s was interrupted; resuming it (run --resume)", cell.cell_id)
     t0 = time.perf_counter()
-    metrics = run(cell.config, root, resume=resume).metrics
+    metrics = evaluated_metrics(root, run(cell.config, root, resume=resume).metrics)
     record = {
         "cell_id": cell.cell_id,
         "config_hash": want,

@@ -17,6 +17,7 @@ import tomli_w
 from securefvpa.data.jsonl import write_records
 from securefvpa.data.synth import generate
 from securefvpa.errors import ConfigError
+from securefvpa.run import evaluated_metrics
 from securefvpa.sweep import load_sweep, parse_sweep, plan_cells, run_sweep, t_interval
 
 EMBED_CACHE = str(Path(__file__).resolve().parents[2] / ".cache" / "securefvpa" / "embeddings")
@@ -76,8 +77,9 @@ def test_tiny_sweep_writes_tables_plots_and_groups(tmp_path):
     assert len(rows) == 12 == len(res.rows)
     doc = json.loads((out / "results.json").read_text())
     assert [r["cell_id"] for r in doc["rows"]] == [r["cell_id"] for r in rows]
-    for r in rows:  # each row is its cell's metrics.json
-        m = json.loads((out / "cells" / r["cell_id"] / "metrics.json").read_text())
+    for r in rows:  # each row is its cell's metrics (DP: the nodes' own evaluation logs)
+        cell = out / "cells" / r["cell_id"]
+        m = evaluated_metrics(cell, json.loads((cell / "metrics.json").read_text()))
         assert float(r["accuracy_unseen"]) == m["accuracy"]["unseen_users"]
         assert float(r["mi_bits"]) == m["latent"]["mutual_information_bits"]
         assert r["dataset"] == "groups"
@@ -105,7 +107,8 @@ def test_tiny_sweep_writes_tables_plots_and_groups(tmp_path):
         assert sum(int(g["pairs_seen"]) for g in mine) == int(r["pairs_seen"])
         assert all(int(g["types"]) == 2 for g in mine)
         # ... and each is its cell's per-type counts summed over the types named "<group>/..."
-        m = json.loads((out / "cells" / r["cell_id"] / "metrics.json").read_text())
+        cell = out / "cells" / r["cell_id"]
+        m = evaluated_metrics(cell, json.loads((cell / "metrics.json").read_text()))
         ev = [x["eval"] for x in m["rounds"] if x.get("eval")][-1]
         names = m["data"]["type_names"]
         assert sum(ev["by_type"]["pairs"]["unseen_users"]) == int(r["pairs_unseen"])

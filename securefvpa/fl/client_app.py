@@ -32,6 +32,7 @@ from securefvpa.fl.wire import (
     CONFIG,
     RING,
     STATUS_OK,
+    EvalKept,
     EvalReply,
     Instruction,
     QueryReply,
@@ -40,7 +41,7 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
-from securefvpa.train.client import local_evaluate, local_train_round
+from securefvpa.train.client import evaluate_round, local_train_round
 
 Handler = Callable[[Message, Context], Message]
 
@@ -97,7 +98,10 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
     def evaluate(msg: Message, context: Context) -> Message:
         instruction(msg, context)
         _, client = resolver.resolve(context)
-        counts = local_evaluate(client, get_arrays(msg.content))
+        ins = get_config(msg.content, CONFIG, Instruction)
+        counts = evaluate_round(client, get_arrays(msg.content), rnd=ins.round)
+        if counts is None:  # DP on: the counts stay on the node
+            return Message(make_content(reply=EvalKept(role=client.partition.role)), reply_to=msg)
         reply = EvalReply.of(client.partition.role, counts)
         return Message(make_content(reply=reply), reply_to=msg)
 

@@ -34,12 +34,13 @@ from securefvpa.fl.wire import (
     REPLY,
     STATUS_DECLINED,
     STATUS_OK,
-    EvalReply,
+    EvalKept,
     Instruction,
     QueryReply,
     TrainReply,
     get_arrays,
     get_config,
+    get_eval_reply,
     make_content,
 )
 from securefvpa.rounds.encoding import RoundCodec
@@ -211,6 +212,7 @@ class FlowerTransport:
         replies = self.send([self.message(n, MSG_EVALUATE, content) for n in self.nodes])
         by_node = {n.node_id: n for n in self.nodes}
         rows = []
+        kept = 0
         for r in replies:
             node = by_node.get(r.metadata.src_node_id)
             if r.has_error() or node is None:
@@ -218,12 +220,18 @@ class FlowerTransport:
                 log.warning("evaluation failed on node %s: %s", r.metadata.src_node_id, reason)
                 continue
             try:
-                rec = get_config(r.content, REPLY, EvalReply)
+                rec = get_eval_reply(r.content)
+                if isinstance(rec, EvalKept):
+                    kept += 1
+                    continue
             except FederationError as exc:
                 log.warning("evaluation reply of node %s: %s", r.metadata.src_node_id, exc)
                 continue
             rows.append((node.partition_id, node.role, rec.counts()))
-        return combine_eval(rows, self.cfg, type_names=self.manifest.type_names)
+        out = combine_eval(rows, self.cfg, type_names=self.manifest.type_names)
+        if kept:
+            out["kept_on_clients"] = kept
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ __all__ = [
     "STATUSES",
     "STATUS_DECLINED",
     "STATUS_OK",
+    "EvalKept",
     "EvalReply",
     "Instruction",
     "ProtocolReply",
@@ -70,6 +71,7 @@ __all__ = [
     "arrays_to_record",
     "get_arrays",
     "get_config",
+    "get_eval_reply",
     "make_content",
     "record_to_arrays",
 ]
@@ -249,6 +251,19 @@ class EvalReply(_Record):
 
 
 @dataclass(frozen=True)
+class EvalKept(_Record):
+    """Client to server after evaluation with DP on: the counts stayed on the node (its own
+    evaluation log); nothing about its held-out pairs is sent."""
+
+    role: str
+    kept_on_client: bool = True
+
+    def __post_init__(self) -> None:
+        if self.role not in ("train", "unseen") or self.kept_on_client is not True:
+            raise FederationError(f"EvalKept: bad role/flag {self.role!r}, {self.kept_on_client!r}")
+
+
+@dataclass(frozen=True)
 class ProtocolReply(_Record):
     """Client to server: one secure-aggregation reply (protocol bytes)."""
 
@@ -286,6 +301,14 @@ def get_config(content: RecordDict, name: str, cls: type[R]) -> R:
             f"message has no config record {name!r} (has {sorted(content.config_records)})"
         )
     return cls.from_record(content.config_records[name])
+
+
+def get_eval_reply(content: RecordDict) -> EvalReply | EvalKept:
+    """A client's evaluation reply: its counts, or the notice that they stayed on the node."""
+    reply = content.config_records.get(REPLY)
+    if reply is not None and "kept-on-client" in reply:
+        return get_config(content, REPLY, EvalKept)
+    return get_config(content, REPLY, EvalReply)
 
 
 def get_arrays(content: RecordDict) -> dict[str, np.ndarray]:

@@ -19,7 +19,9 @@ published only as aggregates over all clients of a type or group, never per clie
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,7 +150,9 @@ def group_metrics(
     out: dict[str, dict[str, Any]] = {}
     for group in sorted(members):
         idx = members[group]
-        pairs = {role: int(sum(by_type["pairs"][role][t] for t in idx)) for role in by_type["pairs"]}
+        pairs = {
+            role: int(sum(by_type["pairs"][role][t] for t in idx)) for role in by_type["pairs"]
+        }
         correct = {role: float(sum(by_type["correct"][role][t] for t in idx)) for role in pairs}
         sub = table[:, idx]
         summary = latent_summary(sub, mean_kl=0.0, latent_dim=1, kind=kind)
@@ -180,4 +184,38 @@ def latent_summary(
         "posterior_collapse": metrics.posterior_collapse(mean_kl, latent_dim, mi)
         if latent
         else False,
+    }
+
+
+def collect_node_evaluations(
+    logs: Sequence[Path], cfg: RunConfig, *, type_names: Sequence[str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Round -> metrics from the nodes' own evaluation logs (DP runs keep counts on the nodes).
+
+    Only the operator of every node may do this (a simulation's launcher, or each node for
+    itself): the server never sees these counts. Lines are ``{"round", "partition_id", "role",
+    "counts"}`` (``train.client.evaluate_round``); a damaged line is a RunDirError naming the file.
+    """
+    from securefvpa.errors import RunDirError
+
+    by_round: dict[int, list[tuple[int, str, EvalCounts]]] = {}
+    for path in logs:
+        if not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                counts = row["counts"]
+                counts = EvalCounts(
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in counts.items()}
+                )
+                by_round.setdefault(int(row["round"]), []).append(
+                    (int(row["partition_id"]), str(row["role"]), counts)
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RunDirError(
+                    f"evaluation log {str(path)!r} line {n} is damaged: {exc}"
+                ) from None
+    return {
+        r: combine_eval(rows, cfg, type_names=type_names) for r, rows in sorted(by_round.items())
     }

@@ -22,7 +22,7 @@ from securefvpa.privacy.plan import DPSettings
 from securefvpa.rounds.encoding import RoundCodec
 from securefvpa.rounds.engine import NodeInfo, RoundOutcome, weighted_mean
 from securefvpa.rounds.evaluation import combine_eval
-from securefvpa.train.client import STATUS_DECLINED, ClientNode, local_evaluate, local_train_round
+from securefvpa.train.client import STATUS_DECLINED, ClientNode, evaluate_round, local_train_round
 
 log = logging.getLogger("securefvpa.rounds")
 
@@ -169,10 +169,16 @@ class LocalTransport:
     def evaluate(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, Any]:
         if not self.do_evaluate:
             return {}
-        rows = [
-            (pid, n.partition.role, local_evaluate(n, params))
-            for pid, n in sorted(self.nodes.items())
-        ]
+        rows, kept = [], 0
+        for pid, n in sorted(self.nodes.items()):
+            counts = evaluate_round(n, params, rnd=rnd)
+            if counts is None:  # DP on: the counts stay on the node (its own log)
+                kept += 1
+            else:
+                rows.append((pid, n.partition.role, counts))
         self.last_eval_rows = rows
         names = next(iter(self.nodes.values())).partition.pairs.type_names
-        return combine_eval(rows, self.cfg, type_names=names)
+        out = combine_eval(rows, self.cfg, type_names=names)
+        if kept:
+            out["kept_on_clients"] = kept
+        return out

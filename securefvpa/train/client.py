@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ClientNode:
     cfg: RunConfig
     partition: ClientPartition
     plan: PrivacyPlan | None  # None when DP is off
+    eval_log: Path | None = None  # where the node keeps its evaluation counts under DP
 
     @property
     def client_id(self) -> str:
@@ -122,7 +124,8 @@ def load_node(node: NodeConfig) -> ClientNode:
             f"partition {part.partition_id}"
         )
     plan = PrivacyPlan.for_node(cfg, node) if cfg.privacy.enabled else None
-    return ClientNode(cfg=cfg, partition=part, plan=plan)
+    log_path = Path(node.eval_log) if node.eval_log else None
+    return ClientNode(cfg=cfg, partition=part, plan=plan, eval_log=log_path)
 
 
 @functools.lru_cache(maxsize=4)
@@ -295,6 +298,38 @@ def _distributed_round(
     return LocalRoundResult(
         STATUS_OK, None, units.units, float("nan"), decision.epsilon_if_trained, ring=ring
     )
+
+
+def evaluate_round(
+    node: ClientNode, params: dict[str, np.ndarray], *, rnd: int
+) -> EvalCounts | None:
+    """What a node releases after evaluating ``params``: its counts when DP is off; with DP on,
+    nothing — the counts (a function of its held-out pairs that no noise covers) are appended
+    to its own evaluation log (``eval_log`` in its node config) and stay on the node.
+
+    In a simulation the operator of every node may aggregate those logs
+    (``rounds.evaluation.collect_node_evaluations``); the server never sees them.
+    """
+    counts = local_evaluate(node, params)
+    if node.plan is None:
+        return counts
+    if node.eval_log is None:
+        raise FederationError(
+            f"node {node.partition.partition_id}: DP is on but its node config names no "
+            "eval_log to keep its evaluation counts in"
+        )
+    node.eval_log.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(
+        {
+            "round": rnd,
+            "partition_id": node.partition.partition_id,
+            "role": node.partition.role,
+            "counts": dataclasses.asdict(counts),
+        }
+    )
+    with node.eval_log.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    return None
 
 
 def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCounts:

@@ -8,7 +8,9 @@ the real ClientApp handlers with hand-built Flower messages, as a malicious serv
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
@@ -133,6 +135,28 @@ def test_a_deployed_node_without_node_config_is_a_clear_error(prepared):
     cfg, rd, manifest = prepared
     h = client_handlers(NodeResolver(None))
     node = read_node_config(rd.node_config(0))
-    msg = _train_message(initial_parameters(cfg, manifest), Instruction(round=1, config_hash=node.config_hash))
+    msg = _train_message(
+        initial_parameters(cfg, manifest), Instruction(round=1, config_hash=node.config_hash)
+    )
     with pytest.raises(FederationError, match="no node config"):
         h.train(msg, _context({"partition-id": 0}))
+
+
+def test_with_dp_on_evaluation_counts_stay_on_the_node(prepared):
+    """Held-out counts are a function of private pairs that no DP noise covers: with DP on the
+    node keeps them in its own evaluation log and its reply carries none of them."""
+    cfg, rd, manifest = prepared
+    h = client_handlers(NodeResolver(rd.nodes))
+    node = read_node_config(rd.node_config(0))
+    msg = _message(
+        make_content(
+            arrays=initial_parameters(cfg, manifest),
+            config=Instruction(round=3, config_hash=node.config_hash),
+        )
+    )
+    reply = h.evaluate(msg, _context({"partition-id": 0}))
+    rec = dict(reply.content.config_records["reply"])
+    assert rec == {"role": "train", "kept-on-client": True}
+    lines = [json.loads(x) for x in Path(node.eval_log).read_text().splitlines()]
+    assert [(x["round"], x["partition_id"]) for x in lines] == [(3, 0)]
+    assert lines[0]["counts"]["pairs"] > 0
