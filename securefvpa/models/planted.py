@@ -17,6 +17,19 @@ from securefvpa.data.dataset import EmbeddedPairs, UserData, UserSplit
 from securefvpa.errors import ConfigError
 
 
+def utility_directions(
+    rng: np.random.Generator, *, dim: int, types: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(w_0 [dim], w_t [types, dim]): the shared direction (norm 0.5) and the orthonormal type
+    directions of u_t(y) = w_0 . y + w_t . y, from one QR of a Gaussian matrix drawn from ``rng``.
+
+    :func:`planted_pairs` draws them first from ``default_rng(seed)``, so the same call on a
+    fresh ``default_rng(seed)`` returns the directions its pairs were labelled with.
+    """
+    basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return 0.5 * basis[:, 0], basis[:, 1 : types + 1].T
+
+
 def planted_pairs(
     *,
     users: int = 60,
@@ -39,13 +52,15 @@ def planted_pairs(
     if not 0.0 <= controversial_share <= 1.0:
         raise ConfigError(f"controversial_share must be in [0, 1]. Found {controversial_share!r}.")
     rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    w0, wt = 0.5 * basis[:, 0], basis[:, 1 : types + 1].T  # [types, dim]
+    w0, wt = utility_directions(rng, dim=dim, types=types)
 
     def draw(controversial: bool, t: int) -> tuple[np.ndarray, np.ndarray]:
         while True:
             y = rng.normal(size=(2, dim)) / np.sqrt(dim) * 4.0
-            u = (y @ w0)[None, :] + y @ wt.T  # [2] + [2, types] -> [2, types]
+            # u[i, t] = w_0 . y_i + w_t . y_i: the shared term belongs to the RESPONSE axis
+            # ([2, 1]), broadcast over types ([2, types]); indexing it by type would drop it
+            # from every preference and fail to broadcast for types != 2.
+            u = (y @ w0)[:, None] + y @ wt.T  # [2, 1] + [2, types] -> [2, types]
             prefs = np.sign(u[0] - u[1])
             is_contro = types > 1 and len(set(prefs.tolist())) > 1
             if is_contro == controversial and prefs[t] != 0:
