@@ -359,8 +359,24 @@ def bench_unmask_floor(n: int, d: int, dropout: float, reps: int, repeats: int) 
             times.append((time.perf_counter() - t0, keystream))
             if again.result is None or not np.array_equal(again.result.vector, result_vector):
                 raise RuntimeError("a repeated unmask step gave another sum")
+    # the same step on one thread: how far one core is from its own floor (the block adds)
+    from securefvpa.secagg import primitives
+
+    one_thread: list[float] = []
+    default_workers = primitives.mask_workers
+    primitives.mask_workers = lambda: 1  # apply_masks' default thread count, for this timing
+    try:
+        for _ in range(repeats):
+            one.append(raw_aes_throughput(1, keystream // 4, 1))
+            again = copy.deepcopy(state)
+            t0 = time.perf_counter()
+            again.advance()
+            one_thread.append(time.perf_counter() - t0)
+    finally:
+        primitives.mask_workers = default_workers
     many = raw_aes_throughput(cores, rounds[0]["unmask_keystream_bytes"], 5)
     one_core = max(r["best_bytes_per_s"] for r in one)  # the fastest: the strictest floor
+    keystream_last = rounds[-1]["unmask_keystream_bytes"]
     ratios = [t / (ks / (one_core * cores)) for t, ks in times]
     best = min(range(len(times)), key=lambda j: ratios[j])
     keystream = times[best][1]
@@ -392,6 +408,9 @@ def bench_unmask_floor(n: int, d: int, dropout: float, reps: int, repeats: int) 
         "ratio_best": ratios[best],
         "ratio_median": statistics.median(ratios),
         "target_ratio": 1.25,
+        "unmask_one_thread_s_best": min(one_thread),
+        "ratio_one_thread_vs_one_core_floor": min(one_thread) / (keystream_last / one_core),
+        "two_thread_speedup": min(one_thread) / min(t for t, ks in times if ks == keystream_last),
         "unmask_receive_s": [r["server_unmask_receive_s"] for r in rounds],
         "unmask_receive_s_median": statistics.median(r["server_unmask_receive_s"] for r in rounds),
         "ratio_including_receive_median": statistics.median(with_receive),
@@ -416,6 +435,11 @@ def bench_unmask_floor(n: int, d: int, dropout: float, reps: int, repeats: int) 
         f"share arrives) took {result['unmask_receive_s_median']:.4f} s more in total (median): "
         f"{result['ratio_including_receive_median']:.2f}x the floor counted together; "
         f"load average {result['load_average_1min']:.2f}"
+    )
+    print(
+        f"  on one thread the same step takes {result['unmask_one_thread_s_best']:.4f} s = "
+        f"{result['ratio_one_thread_vs_one_core_floor']:.2f}x the one-core floor (the block "
+        f"additions); two threads are {result['two_thread_speedup']:.2f}x faster"
     )
     return result
 
