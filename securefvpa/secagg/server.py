@@ -351,6 +351,8 @@ class SecAggServer:
                 self._masks[owner] = self._pairwise_masks_of_dropped(owner, secret)
         except ProtocolAbort as exc:
             self._unmask_errors[(owner, self_mask)] = str(exc)
+        except Exception as exc:  # fail closed: receive() never raises; the round aborts
+            self._unmask_errors[(owner, self_mask)] = f"internal error ({type(exc).__name__})"
 
     def _pairwise_masks_of_dropped(self, u: int, secret: bytes) -> list[tuple[bytes, int]]:
         """The masks a dropped node ``u`` shared with its surviving neighbours, to remove."""
