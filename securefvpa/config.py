@@ -35,6 +35,7 @@ ServerOptimizer = Literal["fedavg", "fedadam"]
 AccountantKind = Literal["pld", "rdp"]
 PrivacyUnit = Literal["pair", "user"]
 NoiseMode = Literal["local", "distributed", "central"]
+NeighbouringRelation = Literal["replace_one", "add_remove_one"]
 GradSampleMode = Literal["hooks", "functorch", "ghost"]
 
 HH_RLHF_ENV = "SECUREFVPA_HH_RLHF_DIR"
@@ -328,6 +329,16 @@ class PrivacyConfig:
     sums, the server adds N(0, sigma^2 C^2) once (``federation.mode = "inprocess"`` only). ``max_colluding_clients`` (T) is how
     many clients may join the server and subtract their own shares.
 
+    ``neighbouring_relation`` is what "one unit differs" means: ``replace_one`` (one unit
+    substituted; the number of units is public; the default, and the stronger guarantee: an
+    (eps, delta) replace-one guarantee implies it for add/remove of one unit, while add/remove at
+    eps gives replace-one only at about 2 eps by group privacy) or ``add_remove_one`` (one unit
+    added or removed: the relation of Abadi et al. 2016, Opacus and the DDG paper, which needs
+    about half the noise at the same epsilon under subsampling), for ``unit = "user"`` only: a
+    user is one episode, so adding or removing a user adds or removes one clipped gradient,
+    whereas adding a pair re-cuts its user's pairs into episodes and may change all of them.
+    The report names the relation.
+
     sigma is either given (``noise_multiplier``; in distributed mode the noise std of the honest
     sum over the clip norm) or calibrated from ``target_epsilon`` (leave ``noise_multiplier``
     out): two separate paths, as Opacus separates ``make_private`` from
@@ -338,6 +349,7 @@ class PrivacyConfig:
     enabled: bool = False
     unit: PrivacyUnit = "pair"
     noise: NoiseMode = "local"
+    neighbouring_relation: NeighbouringRelation = "replace_one"
     max_colluding_clients: int = 0  # T: clients that may collude with the server (distributed)
     noise_multiplier: float | None = None  # sigma; absent = calibrate from target_epsilon
     target_epsilon: float = 8.0  # used to calibrate sigma over the planned participation
@@ -372,6 +384,19 @@ class PrivacyConfig:
                 "be in (0, 1) (leave it out for the automatic 1 / (10 n))",
             )
         _check(self.clip > 0.0, "privacy.clip", self.clip, "be > 0")
+        _check(
+            self.neighbouring_relation in ("replace_one", "add_remove_one"),
+            "privacy.neighbouring_relation",
+            self.neighbouring_relation,
+            "be 'replace_one' or 'add_remove_one'",
+        )
+        if self.neighbouring_relation == "add_remove_one" and self.unit != "user":
+            raise ConfigError(
+                "privacy.neighbouring_relation = 'add_remove_one' needs privacy.unit = 'user' "
+                "(a user is one episode; adding one pair re-cuts its user's pairs into episodes, "
+                f"so one clipped gradient no longer bounds it). Found unit {self.unit!r}; use "
+                "'replace_one' for pairs."
+            )
         _check(
             0.0 < self.sample_rate <= 1.0, "privacy.sample_rate", self.sample_rate, "be in (0, 1]"
         )

@@ -11,8 +11,9 @@ DP-SGD; the server uses it for the report.
   the budget guard enforces ``budget_epsilon`` whatever the client's actual participation.
 - delta: ``privacy.delta`` when given, else ``min(1e-5, 1 / (10 * n))`` with ``n`` the largest
   number of training pairs of a client; a delta >= 1/n is refused.
-- relation: replace-one (substitution of one unit — a preference pair, or a user's whole
-  profile under ``privacy.unit = "user"``; see ``train.private``): unit counts are public.
+- relation: ``privacy.neighbouring_relation``, replace-one by default (substitution of one
+  unit — a preference pair, or a user's whole profile under ``privacy.unit = "user"``; see
+  ``train.private``: unit counts are public), or add/remove-one.
 - distributed noise (``privacy.noise = "distributed"``): the discrete mechanism's parameters
   (grid ``gamma``, each client's share ``local_sigma``, the threshold ``t`` the noise is sized
   for) are chosen once by the launcher (``securefvpa.secagg.ddg.plan``, called from
@@ -42,7 +43,6 @@ from securefvpa.privacy.guard import BudgetGuard, Decision
 from securefvpa.privacy.ledger import Ledger
 from securefvpa.rundir import NodeConfig, RunDir
 
-RELATION = "replace_one"
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 
 
@@ -118,7 +118,7 @@ def calibrated_noise_multiplier(cfg: RunConfig, *, delta: float) -> float:
         sample_rate=p.sample_rate,
         steps_per_round=cfg.federation.local_steps,  # 1 under central noise (config check)
         rounds=planned_rounds(cfg),
-        relation=RELATION,
+        relation=p.neighbouring_relation,
         accountant=p.accountant,
     )
 
@@ -159,8 +159,12 @@ class PrivacyPlan:
     noise_multiplier: float
     delta: float
     ledger: Path
-    relation: str = RELATION
     distributed: DistributedParams | None = None
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation of every event (``privacy.neighbouring_relation``)."""
+        return self.privacy.neighbouring_relation
 
     @classmethod
     def resolve(

@@ -144,7 +144,7 @@ def resolve_distributed(cfg: RunConfig, manifest: Manifest, delta: float) -> Dis
             bits=s.bits,
             block_size=s.rotation_block,
             beta=s.rounding_beta,
-            relation="replace_one",
+            relation=p.neighbouring_relation,
         )
         spec = out.spec
     else:

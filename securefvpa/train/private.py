@@ -14,7 +14,9 @@ Privacy unit: one preference pair. Mechanism, per local step:
 Changing one pair changes the content of exactly one episode and so at most one clipped
 per-episode gradient, by at most ``2C`` in L2 norm: the mechanism is the Poisson-subsampled
 Gaussian under the *replace-one* (substitution) relation on pairs, with the number of pairs of
-a client public. ``tests/train/test_private.py::test_one_pair_changes_one_clipped_gradient``
+a client public. Under ``privacy.unit = "user"`` one user is one episode, so the same holds per
+user, and adding or removing a user adds or removes one clipped gradient (norm <= C): the
+add/remove-one relation (``privacy.neighbouring_relation``), allowed for users only. ``tests/train/test_private.py::test_one_pair_changes_one_clipped_gradient``
 measures this; the accountant (securefvpa.privacy) composes exactly these events.
 
 Why not ``PrivacyEngine.make_private``: it owns the data loader and the noise generator, and its

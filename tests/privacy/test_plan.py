@@ -108,3 +108,23 @@ def test_a_node_follows_the_plan_in_its_node_config(tmp_path):
     assert plan.dp_settings() == DPSettings(noise_multiplier=1.3, clip=1.0, sample_rate=0.5)
     with pytest.raises(RunDirError, match="no privacy plan"):
         PrivacyPlan.for_node(cfg, dataclasses.replace(node, ledger=""))
+
+
+def test_neighbouring_relation_is_the_configs_and_add_remove_is_for_users_only():
+    """The relation every event carries and sigma is calibrated under comes from
+    ``privacy.neighbouring_relation``; add/remove-one is refused for pairs (one added pair re-cuts
+    its user's episodes) and, for users, needs less noise than replace-one at the same epsilon."""
+    with pytest.raises(ConfigError, match="add_remove_one.*unit = 'user'.*'pair'"):
+        _cfg(neighbouring_relation="add_remove_one")
+    with pytest.raises(ConfigError, match="neighbouring_relation.*'swap'"):
+        _cfg(neighbouring_relation="swap", unit="user")
+    replace = PrivacyPlan.resolve(_cfg(unit="user"), max_train_pairs=100, ledger=None)  # type: ignore[arg-type]
+    add_remove = PrivacyPlan.resolve(
+        _cfg(unit="user", neighbouring_relation="add_remove_one"), max_train_pairs=100, ledger=None  # type: ignore[arg-type]
+    )
+    assert replace.relation == "replace_one"
+    assert add_remove.relation == "add_remove_one"
+    assert add_remove.event(client_id="c", round=1).relation == "add_remove_one"
+    assert add_remove.noise_multiplier < 0.8 * replace.noise_multiplier
+    events = [add_remove.event(client_id="c", round=r) for r in range(1, 6)]
+    assert epsilon(events, 1e-5) == pytest.approx(8.0, rel=1e-2)
