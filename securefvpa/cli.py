@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in RUN_DIR from its last complete round")
     run.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                      metavar="KEY=VALUE", help=_SET_HELP)
+    run.add_argument("--baseline", choices=["fedbtl"], default=None,
+                     help="also train non-private FedBTL on the same data and rounds (in "
+                     "process, into RUN_DIR/baseline-fedbtl) and print the paired accuracy "
+                     "difference with its 95%% CI (RUN_DIR/comparison.json)")
 
     score = _add(
         sub, "score",
@@ -337,19 +341,38 @@ def _ids(ids: list[str], limit: int = 50) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from securefvpa.run import run
+    from securefvpa.run import evaluated_metrics, resolve_config, run
 
     _check_out_dir(args.out)
-    metrics = run(
-        args.config, args.out, resume=args.resume, overrides=dict(args.overrides)
-    ).metrics
-    acc = metrics.get("accuracy", {})
+    cfg = resolve_config(args.config, dict(args.overrides))
+    result = run(cfg, args.out, resume=args.resume)
+    metrics = evaluated_metrics(result.run_dir, result.metrics)
     print(
         json.dumps(
-            {"model": metrics.get("model"), "accuracy": acc, "latent": metrics.get("latent")},
+            {
+                "model": metrics.get("model"),
+                "accuracy": metrics.get("accuracy", {}),
+                "latent": metrics.get("latent"),
+                "evaluation_source": metrics.get("evaluation_source"),
+            },
             indent=2,
         )
     )
+    if cfg.privacy.enabled and result.report_path is not None and result.report_path.is_file():
+        report = json.loads(result.report_path.read_text(encoding="utf-8"))
+        eps, acc = report["summary"].get("epsilon_max"), report["accounting"]
+        print(
+            f"epsilon spent: {eps:.3f} per {cfg.privacy.unit} (largest over clients; "
+            f"{acc['neighbouring_relation']}, {cfg.privacy.noise} noise, delta {acc['delta']:.3g},"
+            f" budget {cfg.privacy.budget_epsilon:g})"
+            if eps is not None else "epsilon spent: none recorded"
+        )
+    if args.baseline == "fedbtl":
+        from securefvpa.compare import compare_with_fedbtl, summary_lines
+
+        comparison = compare_with_fedbtl(cfg, result.run_dir, result.metrics, resume=args.resume)
+        for line in summary_lines(comparison):
+            print(line)
     if metrics.get("privacy_report"):
         print(f"privacy report: {metrics['privacy_report']['html']}")
     return 0

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "fl": 7,
     "run": 8,
     "sweep": 8,
+    "compare": 8,
     "cli": 9,
     "api": 9,
     "__init__": 9,
