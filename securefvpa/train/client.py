@@ -128,6 +128,13 @@ def load_node(node: NodeConfig) -> ClientNode:
     return ClientNode(cfg=cfg, partition=part, plan=plan, eval_log=log_path)
 
 
+@functools.lru_cache(maxsize=8)
+def _config_hash(cfg: RunConfig) -> str:
+    """``config_hash(cfg)``, computed once per config (it serialises the whole config to TOML:
+    ~0.6 ms, every round of every node otherwise; ``benchmarks/scale.py``)."""
+    return config_hash(cfg)
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_model(model_cfg: Any, embed_dim: int, n_types: int, seed: int) -> torch.nn.Module:
     return build_model(model_cfg, embed_dim=embed_dim, n_types=n_types, seed=seed)
@@ -292,7 +299,7 @@ def _distributed_round(
             decision.epsilon_if_trained,
             grad_sum=units.grads.sum(axis=0),
         )
-    seed = rotation_seed(config_hash=config_hash(node.cfg), round=rnd, attempt=attempt)
+    seed = rotation_seed(config_hash=_config_hash(node.cfg), round=rnd, attempt=attempt)
     ring = ddg_encode(units.grads, spec=ddg_spec(node), rotation_seed=seed)
     plan.commit(client_id=node.client_id, round=rnd, attempt=attempt)
     return LocalRoundResult(

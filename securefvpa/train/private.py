@@ -246,8 +246,8 @@ def clipped_unit_gradients(
             "noise rounds per unit; use 'hooks' or 'functorch'. Found 'ghost'."
         )
     episodes = unit_episodes(pairs, users, unit=unit, train_cfg=train_cfg, rng=rng)
-    names = sorted(model.state_dict())
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    names = sorted(shapes)
     width = int(sum(int(np.prod(shapes[k])) for k in names))
     keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
     chosen = [e for e, k in zip(episodes, keep) if k]
