@@ -29,6 +29,7 @@ from securefvpa.errors import ConfigError
 DataSource = Literal["synth", "hh_rlhf", "jsonl", "polis"]
 ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
 Conditioning = Literal["mixture-heads", "film", "concat"]
+ComponentLikelihood = Literal["mixed-reward", "expected"]
 FederationMode = Literal["central", "simulation", "deployment", "inprocess"]
 TypeMix = Literal["pure", "mixed"]
 ServerOptimizer = Literal["fedavg", "fedadam"]
@@ -164,6 +165,9 @@ class ModelConfig:
     # > 0: project the frozen text embeddings to this many dimensions with a fixed random
     # orthogonal map before any trained layer (fewer trained parameters: less DP noise norm)
     input_projection: int = 0
+    # FedVPA-GP with mixture heads: "expected" trains on E_q(c|ctx)[log p(targets | head c)]
+    # (each user one component); "mixed-reward" on log p(targets | sum_c q(c|ctx) r_c)
+    component_likelihood: ComponentLikelihood = "mixed-reward"
 
     def validate(self) -> None:
         _check(1 <= self.latent_dim <= 512, "model.latent_dim", self.latent_dim, "be in [1, 512]")

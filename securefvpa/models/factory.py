@@ -33,6 +33,7 @@ def build_model(cfg: ModelConfig, *, embed_dim: int, n_types: int, seed: int) ->
             tau_start=cfg.tau_start,
             tau_end=cfg.tau_end,
             input_projection=cfg.input_projection,
+            component_likelihood=cfg.component_likelihood,
         )
 
 

@@ -63,6 +63,7 @@ from securefvpa.models.priors import MixturePrior
 from securefvpa.models.reward import CONDITIONINGS, RewardHead
 
 KINDS = ("btl", "vpl", "fedvpa-gp", "oracle")
+COMPONENT_LIKELIHOODS = ("mixed-reward", "expected")
 
 
 class PreferenceModel(nn.Module):
@@ -82,6 +83,7 @@ class PreferenceModel(nn.Module):
         tau_start: float = 1.0,
         tau_end: float = 1.0,
         input_projection: int = 0,
+        component_likelihood: str = "mixed-reward",
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -92,6 +94,11 @@ class PreferenceModel(nn.Module):
             )
         if embed_dim < 1:
             raise ModelError(f"embed_dim must be >= 1. Found {embed_dim!r}.")
+        if component_likelihood not in COMPONENT_LIKELIHOODS:
+            raise ModelError(
+                f"model.component_likelihood must be one of {list(COMPONENT_LIKELIHOODS)}. "
+                f"Found {component_likelihood!r}."
+            )
         if kind == "oracle" and n_types < 1:
             raise ModelError(
                 f"the oracle model needs n_types >= 1 (known user types). Found {n_types!r}."
@@ -107,6 +114,14 @@ class PreferenceModel(nn.Module):
         self.tau_end = float(tau_end)
         self.tau = self.tau_start  # current Gumbel-Softmax temperature (set_temperature)
         self.kl_weight = 1.0  # current KL warm-up factor (set_kl_weight)
+        # "expected": FedVPA-GP's likelihood is E_q(c|C)[log p(T | head c)] (one component per
+        # user); "mixed-reward": log p(T | sum_c q(c|C) r_c). Only FedVPA-GP with mixture heads
+        # has per-component heads; every other model scores with its one conditioned reward.
+        self.expected_likelihood = (
+            component_likelihood == "expected"
+            and kind == "fedvpa-gp"
+            and conditioning == "mixture-heads"
+        )
         if not 0 <= input_projection <= embed_dim:
             raise ModelError(
                 f"model.input_projection must be in [0, embed_dim={embed_dim}]. "
@@ -237,13 +252,19 @@ class PreferenceModel(nn.Module):
         lengths: torch.Tensor,
         mask: torch.Tensor,
         cond: torch.Tensor | None,
+        *,
+        per_head: bool = False,
     ) -> torch.Tensor:
-        """r(y_c) - r(y_r) per target pair [B, Kt]; both responses go through ONE head call."""
+        """r(y_c) - r(y_r) per target pair [B, Kt] (``per_head``: per mixture head, [B, Kt, K]);
+        both responses go through ONE head call."""
         chosen, rejected = self._project((chosen, rejected))
         zero = torch.zeros((), dtype=chosen.dtype, device=chosen.device)
         m = mask.unsqueeze(-1)
         emb = torch.stack([torch.where(m, chosen, zero), torch.where(m, rejected, zero)], dim=2)
         log_len = torch.where(m, lengths, zero)  # [B, Kt, 2]: chosen, rejected
+        if per_head:
+            rewards = self.reward(emb, log_len, None, per_head=True)  # [B, Kt, 2, K]
+            return torch.where(m, rewards[:, :, 0] - rewards[:, :, 1], zero)
         rewards = self.reward(emb, log_len, cond)  # [B, Kt, 2]
         return torch.where(mask, rewards[..., 0] - rewards[..., 1], zero)
 
@@ -272,9 +293,21 @@ class PreferenceModel(nn.Module):
             type_index,
             sample=self.training,
         )
-        margin = self._margins(tgt_chosen, tgt_rejected, tgt_len, tgt_mask, lat["cond"])
-        mask_f = tgt_mask.to(margin.dtype)
-        nll = (F.softplus(-margin) * mask_f).sum(-1) / mask_f.sum(-1).clamp_min(1.0)
+        if self.expected_likelihood:
+            # E_q(c|C)[ mean_t softplus(-Delta_t^c) ]: each component's head scores all of the
+            # user's targets; the exact expectation over the K components (no sampling).
+            head_margin = self._margins(
+                tgt_chosen, tgt_rejected, tgt_len, tgt_mask, None, per_head=True
+            )
+            mask_f = tgt_mask.to(head_margin.dtype)
+            nll_c = (F.softplus(-head_margin) * mask_f.unsqueeze(-1)).sum(1) / mask_f.sum(
+                -1, keepdim=True
+            ).clamp_min(1.0)  # [B, K]
+            nll = (cast(torch.Tensor, lat["cond"]) * nll_c).sum(-1)
+        else:
+            margin = self._margins(tgt_chosen, tgt_rejected, tgt_len, tgt_mask, lat["cond"])
+            mask_f = tgt_mask.to(margin.dtype)
+            nll = (F.softplus(-margin) * mask_f).sum(-1) / mask_f.sum(-1).clamp_min(1.0)
         kl_term, ortho = cast(torch.Tensor, lat["kl"]), cast(torch.Tensor, lat["ortho"])
         loss = nll + self.beta * self.kl_weight * kl_term + self.ortho_weight * ortho
         diag = {"nll": nll.detach(), "kl": kl_term.detach(), "ortho": ortho.detach()}

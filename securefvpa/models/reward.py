@@ -70,13 +70,25 @@ class RewardHead(nn.Module):
         return emb
 
     def forward(
-        self, emb: torch.Tensor, log_len: torch.Tensor, cond: torch.Tensor | None
+        self,
+        emb: torch.Tensor,
+        log_len: torch.Tensor,
+        cond: torch.Tensor | None,
+        *,
+        per_head: bool = False,
     ) -> torch.Tensor:
         """Rewards for responses ``emb`` [B, ..., d] with ``log_len`` [B, ...].
 
         ``cond`` [B, U] is the per-episode code: gate weights for mixture-heads (U = n_heads),
-        the code u for film/concat, or None when the head has no latent.
+        the code u for film/concat, or None when the head has no latent. ``per_head=True``
+        (mixture-heads only; ``cond`` is then ignored) returns every head's reward r_k,
+        [B, ..., n_heads], instead of the gated sum.
         """
+        if per_head and self.conditioning != "mixture-heads":
+            raise ModelError(
+                "per-head rewards exist only with conditioning 'mixture-heads'. "
+                f"Found {self.conditioning!r}."
+            )
         x = self.features(emb, log_len)
         lead = x.shape[:-1]
         # Every Linear sees a 3-D [B, N, F] input: Opacus' ghost-clipping norm samplers handle
@@ -84,11 +96,13 @@ class RewardHead(nn.Module):
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         h = F.gelu(self.trunk(x))
         if self.conditioning == "mixture-heads":
-            per_head = self.heads(h) + self.skip(x)  # [B, N, n_heads]
+            per_head_r = self.heads(h) + self.skip(x)  # [B, N, n_heads]
+            if per_head:
+                return per_head_r.reshape(*lead, self.n_heads)
             if cond is None:
-                out = per_head.squeeze(-1) if self.n_heads == 1 else per_head.mean(-1)
+                out = per_head_r.squeeze(-1) if self.n_heads == 1 else per_head_r.mean(-1)
             else:
-                out = (per_head * cond.unsqueeze(1)).sum(-1)
+                out = (per_head_r * cond.unsqueeze(1)).sum(-1)
             return out.reshape(lead)
         if cond is not None and self.cond_dim > 0:
             u = cond.unsqueeze(1).expand(h.shape[0], h.shape[1], cond.shape[-1])
