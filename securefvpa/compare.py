@@ -8,11 +8,13 @@ and rounds — and compares the two client by client.
 
 Evaluation is the same code in both runs (held-out pairs of seen users, role ``"train"``, and
 the pairs of unseen users, role ``"unseen"``); under DP the counts come from the nodes' own
-logs, which the operator of a simulation reads (``run.evaluated_metrics``): the server never
-saw them. The difference is paired over clients (same clients, same pairs: checked) and its 95 %
-interval is a percentile bootstrap over clients (Efron & Tibshirani 1993, ch. 13): pairs of one
-client share users, so resampling clients rather than pairs keeps the within-user correlation
-in the interval. Statistics, not a security path: numpy's seeded generator is fine here.
+logs, which the operator of a simulation reads: the server never saw them. The difference is
+paired per user (same users, same pairs: checked) and its 95 % interval is a percentile
+bootstrap over users (Efron & Tibshirani 1993, ch. 13): a user's pairs share one latent z, so
+resampling users rather than pairs keeps the within-user correlation in the interval. Each
+node keeps its users' own (pairs, correct) in its evaluation log, which never leaves it; runs
+without those logs fall back to resampling clients. Statistics, not a security path: numpy's
+seeded generator is fine here.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ ROLES = {"unseen": "unseen users", "train": "seen users (held-out pairs)"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientCount:
-    """One client's evaluation at the last evaluated round: held-out pairs and correct ones."""
+class EvalUnit:
+    """One user's (or, without per-user logs, one client's: ``user = -1``) evaluation at the
+    last evaluated round: held-out pairs and correct ones."""
 
     partition_id: int
+    user: int
     role: str
     pairs: int
     correct: float
@@ -51,8 +55,9 @@ class ClientCount:
 class PairedDifference:
     """Accuracy of the run minus the baseline's on the same clients' pairs of one role.
 
-    ``low``/``high``: 95 % percentile-bootstrap interval over clients (``resamples`` draws).
-    ``beats``: the whole interval is above 0.
+    ``low``/``high``: 95 % percentile-bootstrap interval over ``units`` (users, or clients
+    when the runs kept no per-user logs; ``resamples`` draws). ``beats``: the whole interval is
+    above 0.
     """
 
     role: str
@@ -62,6 +67,8 @@ class PairedDifference:
     low: float
     high: float
     clients: int
+    units: int
+    unit: str
     pairs: int
     resamples: int
 
@@ -70,57 +77,55 @@ class PairedDifference:
         return self.low > 0.0
 
 
-def client_counts(run_dir: str | Path, metrics: dict[str, Any]) -> list[ClientCount]:
-    """Every client's counts at its last evaluation: from the server's metrics (DP off) or from
-    the nodes' own logs (``nodes/eval_*.jsonl``; DP on, where the server never saw them).
+def client_counts(run_dir: str | Path, metrics: dict[str, Any]) -> list[EvalUnit]:
+    """Every user's counts at the last evaluation, from the nodes' own logs
+    (``nodes/eval_*.jsonl``); for runs without them, every client's from the server's metrics.
 
     Raises :class:`RunDirError` when the run has no evaluation at all or a log is unreadable.
     """
-    ev: dict[str, Any] = next(
-        (r["eval"] for r in reversed(metrics.get("rounds", [])) if r.get("eval")), {}
-    )
-    if "per_client" in ev:
-        return sorted(
-            (ClientCount(partition_id=int(p), role=str(r), pairs=int(n), correct=float(c))
-             for p, r, n, c in ev["per_client"]),
-            key=lambda c: c.partition_id,
-        )  # fmt: skip
-    last: dict[int, ClientCount] = {}
+    last: dict[int, list[EvalUnit]] = {}
     for path in sorted((Path(run_dir) / "nodes").glob("eval_*.jsonl")):
         try:
             rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
             row = max(rows, key=lambda x: x["round"])
-            counts = row["counts"]
-            last[int(row["partition_id"])] = ClientCount(
-                partition_id=int(row["partition_id"]),
-                role=str(row["role"]),
-                pairs=int(counts["pairs"]),
-                correct=float(counts["correct"]),
-            )
+            pid, role = int(row["partition_id"]), str(row["role"])
+            last[pid] = [
+                EvalUnit(partition_id=pid, user=i, role=role, pairs=int(n), correct=float(c))
+                for i, (n, c) in enumerate(row["per_user"])
+            ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RunDirError(f"evaluation log {str(path)!r} is unreadable: {exc!r}") from None
-    if not last:
+    if last:
+        return [u for k in sorted(last) for u in last[k]]
+    ev: dict[str, Any] = next(
+        (r["eval"] for r in reversed(metrics.get("rounds", [])) if r.get("eval")), {}
+    )
+    if "per_client" not in ev:
         raise RunDirError(f"run {str(run_dir)!r} has no evaluation to compare")
-    return [last[k] for k in sorted(last)]
+    return sorted(
+        (EvalUnit(partition_id=int(p), user=-1, role=str(r), pairs=int(n), correct=float(c))
+         for p, r, n, c in ev["per_client"]),
+        key=lambda c: c.partition_id,
+    )  # fmt: skip
 
 
 def paired_difference(
-    run: list[ClientCount],
-    baseline: list[ClientCount],
+    run: list[EvalUnit],
+    baseline: list[EvalUnit],
     *,
     role: str,
     resamples: int = 2000,
     seed: int = 0,
 ) -> PairedDifference:
-    """Pooled accuracy of ``run`` minus ``baseline`` on ``role``'s clients, with a percentile
-    bootstrap interval over clients. Raises :class:`RunDirError` when the two runs were not
-    evaluated on the same clients with the same numbers of pairs."""
+    """Pooled accuracy of ``run`` minus ``baseline`` on ``role``'s units, with a percentile
+    bootstrap interval over the units (users, or clients). Raises :class:`RunDirError` when the
+    two runs were not evaluated on the same units with the same numbers of pairs."""
     a = [c for c in run if c.role == role]
     b = [c for c in baseline if c.role == role]
-    key = [(c.partition_id, c.pairs) for c in a]
-    if not a or key != [(c.partition_id, c.pairs) for c in b]:
+    key = [(c.partition_id, c.user, c.pairs) for c in a]
+    if not a or key != [(c.partition_id, c.user, c.pairs) for c in b]:
         raise RunDirError(
-            f"the run and its baseline were not evaluated on the same {role!r} clients and pairs"
+            f"the run and its baseline were not evaluated on the same {role!r} units and pairs"
         )
     n = np.array([c.pairs for c in a], dtype=float)
     x = np.array([c.correct for c in a])
@@ -135,7 +140,9 @@ def paired_difference(
         difference=float((x.sum() - y.sum()) / n.sum()),
         low=float(lo),
         high=float(hi),
-        clients=len(a),
+        clients=len({c.partition_id for c in a}),
+        units=len(a),
+        unit="client" if a[0].user < 0 else "user",
         pairs=int(n.sum()),
         resamples=resamples,
     )
@@ -180,7 +187,7 @@ def compare_with_fedbtl(
             "run_dir": str(base_dir),
             "source": "non-private FedBTL, same data, partition and rounds, trained in process",
         },
-        "interval": "95% percentile bootstrap over clients, paired",
+        "interval": "95% percentile bootstrap over the units (users, or clients), paired",
         "differences": rows,
     }
     atomic_write_text(rd / COMPARISON_FILE, json.dumps(out, indent=2))
@@ -195,8 +202,8 @@ def summary_lines(comparison: dict[str, Any]) -> list[str]:
         lines.append(
             f"{ROLES.get(r['role'], r['role'])}: {comparison['model']} {r['accuracy']:.3f} vs "
             f"non-private FedBTL {r['baseline_accuracy']:.3f}: {100 * r['difference']:+.1f} "
-            f"points (95% CI {100 * r['low']:+.1f} to {100 * r['high']:+.1f}, "
-            f"{r['clients']} clients, {r['pairs']} pairs)"
+            f"points (95% CI {100 * r['low']:+.1f} to {100 * r['high']:+.1f} over "
+            f"{r['units']} {r['unit']}s, {r['pairs']} pairs)"
         )
     rows = {r["role"]: r for r in comparison["differences"]}
     head = rows.get("unseen") or rows.get("train")

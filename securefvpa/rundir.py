@@ -200,7 +200,7 @@ class NodeConfig:
     max_train_pairs: int = 0
     train_clients: int = 0
     clip_range: float = 0.0  # fixed-point clip range (secure aggregation without DDG)
-    eval_log: str = ""  # DP runs: where the node keeps its evaluation counts (never sent)
+    eval_log: str = ""  # where the node keeps its evaluation counts and per-user ones (never sent)
     schema: int = NODE_CONFIG_SCHEMA
     distributed: dict[str, Any] = field(default_factory=dict)  # distributed-DP mechanism (plan)
     extra: dict[str, Any] = field(default_factory=dict)

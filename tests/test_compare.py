@@ -12,7 +12,7 @@ from securefvpa import cli
 from securefvpa.compare import (
     BASELINE_DIR,
     COMPARISON_FILE,
-    ClientCount,
+    EvalUnit,
     baseline_config,
     client_counts,
     paired_difference,
@@ -24,7 +24,7 @@ from securefvpa.errors import RunDirError
 
 def _counts(correct, role="unseen", pairs=100):
     return [
-        ClientCount(partition_id=i, role=role, pairs=pairs, correct=float(c))
+        EvalUnit(partition_id=i, user=-1, role=role, pairs=pairs, correct=float(c))
         for i, c in enumerate(correct)
     ]
 
@@ -50,12 +50,12 @@ def test_each_bootstrap_resample_pools_its_own_clients_pairs():
     """A client with 10 pairs (+10 correct) and one with 1,000 (no difference): a quarter of the
     resamples draw the small client twice, so the upper bound is its own difference, 1.0."""
     run = [
-        ClientCount(partition_id=0, role="unseen", pairs=10, correct=10.0),
-        ClientCount(partition_id=1, role="unseen", pairs=1000, correct=500.0),
+        EvalUnit(partition_id=0, user=-1, role="unseen", pairs=10, correct=10.0),
+        EvalUnit(partition_id=1, user=-1, role="unseen", pairs=1000, correct=500.0),
     ]
     base = [
-        ClientCount(partition_id=0, role="unseen", pairs=10, correct=0.0),
-        ClientCount(partition_id=1, role="unseen", pairs=1000, correct=500.0),
+        EvalUnit(partition_id=0, user=-1, role="unseen", pairs=10, correct=0.0),
+        EvalUnit(partition_id=1, user=-1, role="unseen", pairs=1000, correct=500.0),
     ]
     d = paired_difference(run, base, role="unseen")
     assert d.difference == pytest.approx(10 / 1010)
@@ -63,11 +63,11 @@ def test_each_bootstrap_resample_pools_its_own_clients_pairs():
 
 
 def test_paired_difference_refuses_runs_on_different_clients_or_pairs():
-    with pytest.raises(RunDirError, match="same 'unseen' clients"):
+    with pytest.raises(RunDirError, match="same 'unseen' units"):
         paired_difference(_counts([1, 2]), _counts([1, 2], pairs=99), role="unseen")
-    with pytest.raises(RunDirError, match="same 'unseen' clients"):
+    with pytest.raises(RunDirError, match="same 'unseen' units"):
         paired_difference(_counts([1, 2]), _counts([1]), role="unseen")
-    with pytest.raises(RunDirError, match="same 'train' clients"):
+    with pytest.raises(RunDirError, match="same 'train' units"):
         paired_difference(_counts([1, 2]), _counts([1, 2]), role="train")
 
 
@@ -133,15 +133,21 @@ enabled = true
     assert text.rstrip().splitlines()[-1].startswith("privacy report: ")
     comparison = json.loads((out / COMPARISON_FILE).read_text())
     assert {r["role"] for r in comparison["differences"]} == {"unseen", "train"}
-    # the private run's counts came from the nodes' own logs (the server never had them) and
-    # the reference was evaluated on exactly the same clients and pairs
-    own = client_counts(out, json.loads((out / "metrics.json").read_text()))
+    # the private run's counts came from the nodes' own logs (the server never had them), per
+    # user, and the reference was evaluated on exactly the same users and pairs
+    metrics = json.loads((out / "metrics.json").read_text())
+    own = client_counts(out, metrics)
     ref = client_counts(
         out / BASELINE_DIR, json.loads((out / BASELINE_DIR / "metrics.json").read_text())
     )
-    assert [(c.partition_id, c.role, c.pairs) for c in own] == [
-        (c.partition_id, c.role, c.pairs) for c in ref
+    assert len(own) == 60 and all(u.user >= 0 for u in own)
+    assert [(c.partition_id, c.user, c.role, c.pairs) for c in own] == [
+        (c.partition_id, c.user, c.role, c.pairs) for c in ref
     ]
     unseen = next(r for r in comparison["differences"] if r["role"] == "unseen")
+    assert unseen["unit"] == "user" and unseen["units"] == sum(u.role == "unseen" for u in own)
     acc = sum(c.correct for c in own if c.role == "unseen") / unseen["pairs"]
     assert unseen["accuracy"] == pytest.approx(acc)
+    # the per-user counts add up to what the nodes aggregated for the operator
+    node = json.loads((out / "node_evaluation.json").read_text())["final"]
+    assert unseen["accuracy"] == pytest.approx(node["accuracy"]["unseen_users"])

@@ -243,7 +243,7 @@ def write_node_configs(cfg: RunConfig, run_dir: RunDir, manifest: Manifest) -> l
             max_train_pairs=manifest.max_train_pairs,
             train_clients=manifest.train_clients,
             clip_range=clip_range,
-            eval_log=str(run_dir.eval_log(pid).resolve()) if plan is not None else "",
+            eval_log=str(run_dir.eval_log(pid).resolve()),
             distributed={}
             if plan is None or plan.distributed is None
             else asdict(plan.distributed),

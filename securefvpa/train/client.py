@@ -311,16 +311,18 @@ def evaluate_round(
     node: ClientNode, params: dict[str, np.ndarray], *, rnd: int
 ) -> EvalCounts | None:
     """What a node releases after evaluating ``params``: its counts when DP is off; with DP on,
-    nothing — the counts (a function of its held-out pairs that no noise covers) are appended
-    to its own evaluation log (``eval_log`` in its node config) and stay on the node.
+    nothing — the counts (a function of its held-out pairs that no noise covers) stay on the node.
 
-    In a simulation the operator of every node may aggregate those logs
+    Either way, when its node config names an ``eval_log``, the node appends the counts and its
+    users' own (pairs, correct) — in partition order, for paired comparisons per user
+    (``securefvpa.compare``) — to that log, which never leaves it. In a simulation the
+    operator of every node may aggregate those logs
     (``rounds.evaluation.collect_node_evaluations``); the server never sees them.
     """
-    counts = local_evaluate(node, params)
-    if node.plan is None:
-        return counts
+    counts, per_user = _evaluate(node, params)
     if node.eval_log is None:
+        if node.plan is None:
+            return counts
         raise FederationError(
             f"node {node.partition.partition_id}: DP is on but its node config names no "
             "eval_log to keep its evaluation counts in"
@@ -332,17 +334,25 @@ def evaluate_round(
             "partition_id": node.partition.partition_id,
             "role": node.partition.role,
             "counts": dataclasses.asdict(counts),
+            "per_user": per_user,
         }
     )
     with node.eval_log.open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
-    return None
+    return counts if node.plan is None else None
 
 
 def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCounts:
     """Counts for the server: pairs scored/correct, controversial scored/correct, KL sum, the
     (latent cell x user type) contingency table over this client's users, and pairs
     scored/correct per user type. No z leaves."""
+    return _evaluate(node, params)[0]
+
+
+def _evaluate(
+    node: ClientNode, params: dict[str, np.ndarray]
+) -> tuple[EvalCounts, list[list[float]]]:
+    """:func:`local_evaluate`'s counts and each user's [pairs, correct] (for the node's log)."""
     from securefvpa.train.loop import score_users
 
     model = _model_for(node, params)
@@ -362,6 +372,7 @@ def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCount
             type_correct[t] += float(user_correct.sum())
     correct = np.concatenate(scores.correct) if scores.correct else np.zeros(0)
     contro = np.concatenate(scores.controversial) if scores.controversial else np.zeros(0, np.int8)
+    per_user = [[int(c.size), float(c.sum())] for c in scores.correct]
     return EvalCounts(
         pairs=int(correct.size),
         correct=float(correct.sum()),
@@ -374,7 +385,7 @@ def local_evaluate(node: ClientNode, params: dict[str, np.ndarray]) -> EvalCount
         contingency=tuple(int(x) for x in table.ravel()),
         type_pairs=tuple(int(x) for x in type_pairs),
         type_correct=tuple(float(x) for x in type_correct),
-    )
+    ), per_user
 
 
 def latent_cells(model: Any, scores: Any) -> tuple[np.ndarray, int]:
