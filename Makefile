@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# A new run directory each time (a run directory is never overwritten: it holds a ledger).
+DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(VENV)/bin/securefvpa run examples/demo.toml --out runs/demo
+	$(VENV)/bin/securefvpa run examples/demo.toml --out $(DEMO_OUT) --baseline fedbtl
 
 # A small privacy-utility sweep (a few minutes); rerun to continue a killed one.
 sweep: $(STAMP)
