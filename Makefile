@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export SECUREFVPA_HH_RLHF_DIR ?= $(abspath ../shared/data/relabeled_hh_rlhf)
 export SECUREFVPA_POLIS_DIR ?= $(abspath ../shared/data/polis)
 
-.PHONY: venv demo test lint bench sweep clean
+.PHONY: venv demo demo-polis test lint bench sweep clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml constraints.txt
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
 	$(VENV)/bin/securefvpa run examples/demo.toml --out $(DEMO_OUT) --baseline fedbtl
+
+# The same private recipe on real opinion groups (Polis, all 11 conversations, 3,431 users).
+demo-polis: $(STAMP)
+	$(VENV)/bin/securefvpa run examples/polis_private.toml --out runs/polis-$(shell date +%Y%m%d-%H%M%S) --baseline fedbtl
 
 # A small privacy-utility sweep (a few minutes); rerun to continue a killed one.
 sweep: $(STAMP)

@@ -219,3 +219,40 @@ def test_local_evaluate_counts_pairs_per_user_type():
     counts = local_evaluate(ClientNode(cfg=cfg, partition=parts[0], plan=None), zeros)
     assert counts.type_correct == tuple(k / 2 for k in counts.type_pairs)
     assert sum(counts.type_pairs) > 0
+
+
+def test_without_dp_a_node_logs_its_users_counts_and_sends_only_the_aggregate(tmp_path):
+    """Every run keeps each user's (pairs, correct) in the node's own log (for paired per-user
+    comparisons, securefvpa.compare); without DP the node sends only its aggregate counts, which
+    are the sum of those per-user rows; the reply type has no per-user field."""
+    import dataclasses
+    import json
+
+    from securefvpa.data.partition import make_partitions
+    from securefvpa.models.factory import build_model
+    from securefvpa.models.planted import planted_pairs
+    from securefvpa.train.client import ClientNode, evaluate_round
+    from securefvpa.train.params import model_to_arrays
+
+    cfg = config_from_dict(
+        {
+            "model": {"kind": "btl"},
+            "federation": {"users_per_client": 5, "type_mix": "mixed", "min_fit_clients": 1},
+        }
+    )
+    pairs, split = planted_pairs(users=10, types=2, heldout_pairs=4, seed=3)
+    part = make_partitions(pairs, split, cfg.federation, cfg.seed)[0]
+    params = model_to_arrays(build_model(cfg.model, embed_dim=pairs.dim, n_types=2, seed=0))
+    log = tmp_path / "eval_0.jsonl"
+    node = ClientNode(cfg=cfg, partition=part, plan=None, eval_log=log)
+    sent = evaluate_round(node, params, rnd=2)
+    assert sent is not None
+    # aggregates only (per type and per latent cell); a new field must be reviewed here
+    assert [f.name for f in dataclasses.fields(sent)] == [
+        "pairs", "correct", "contro_pairs", "contro_correct", "users", "kl_sum", "cells",
+        "types", "contingency", "type_pairs", "type_correct",
+    ]  # fmt: skip
+    (row,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert row["round"] == 2 and len(row["per_user"]) == len(part.users)
+    assert sum(n for n, _ in row["per_user"]) == sent.pairs == 4 * len(part.users)
+    assert sum(c for _, c in row["per_user"]) == pytest.approx(sent.correct)
