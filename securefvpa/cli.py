@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "account",
         "privacy calculator: epsilon of T Poisson-subsampled Gaussian steps (PLD primary, "
         "RDP cross-check); when the PLD discretization would need too much memory or time it "
-        "is coarsened (still an upper bound) or skipped, with a note giving the estimate",
+        "is coarsened (still an upper bound) or skipped, with a note giving the estimate; with "
+        "--distributed, T rounds of the distributed discrete Gaussian (DDG bound)",
     )
     acc.add_argument("--q", required=True, type=_float, metavar="Q",
                      help="sampling rate per step, in (0, 1]")
@@ -208,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
                      default="add_remove_one",
                      help="neighbouring relation (default add_remove_one; securefvpa runs "
                      "account replace_one)")
+    acc.add_argument("--distributed", action="store_true",
+                     help="the distributed discrete Gaussian (privacy.noise = distributed): "
+                     "steps are rounds, --sigma the central noise multiplier that the honest "
+                     "shares carry together (DDG bound, Kairouz, Liu & Steinke 2021); needs "
+                     "--honest-shares, --dim and --gamma")
+    acc.add_argument("--honest-shares", type=_positive_int, default=None, metavar="H",
+                     help="with --distributed: honest noise shares any unmasked sum contains "
+                     "(threshold t minus colluding clients T)")
+    acc.add_argument("--dim", type=_positive_int, default=None, metavar="D",
+                     help="with --distributed: noised coordinates (padded dimension)")
+    acc.add_argument("--gamma", type=_float, default=None, metavar="GAMMA",
+                     help="with --distributed: value of one ring level in clip-norm units, > 0")
+    acc.add_argument("--beta", type=_float, default=math.exp(-0.5), metavar="BETA",
+                     help="with --distributed: conditional-rounding parameter in [0, 1) "
+                     "(default exp(-1/2), as the runs use)")
     acc.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     ledger = _add(sub, "ledger", "privacy ledger tools")
@@ -491,6 +507,14 @@ def _cmd_account(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sigma must be > 0. Found {args.sigma!r}.")
     if not 0.0 < args.delta < 1.0:
         raise ConfigError(f"--delta must be in (0, 1). Found {args.delta!r}.")
+    if args.distributed:
+        return _account_distributed(args)
+    given = [f for f in ("honest_shares", "dim", "gamma") if getattr(args, f) is not None]
+    if given:
+        raise ConfigError(
+            f"--{given[0].replace('_', '-')} is for --distributed only; add --distributed or "
+            "drop it."
+        )
     event = DpSgdEvent(
         client_id="cli", round=0, noise_multiplier=args.sigma, sample_rate=args.q,
         steps=args.steps, clip=1.0, relation=args.relation,
@@ -529,6 +553,68 @@ def _cmd_account(args: argparse.Namespace) -> int:
         print(f"epsilon (RDP, cross-check): {eps_rdp:.4f}")
         for note in notes:
             print(f"note: {note}")
+    return 0
+
+
+def _account_distributed(args: argparse.Namespace) -> int:
+    """``account --distributed``: T rounds of the distributed discrete Gaussian, by the DDG
+    bound (``privacy.ddg``), beside the continuous Gaussian with the same central noise
+    multiplier (what central DP would spend; the difference is the cost of rounding and of a
+    sum of discrete shares)."""
+    from securefvpa.privacy import ddg
+    from securefvpa.privacy.accountant import epsilon
+    from securefvpa.privacy.events import DpSgdEvent
+
+    missing = [f for f in ("honest_shares", "dim", "gamma") if getattr(args, f) is None]
+    if missing:
+        raise ConfigError(
+            "--distributed needs " + ", ".join("--" + m.replace("_", "-") for m in missing) + "."
+        )
+    if not args.gamma > 0.0:
+        raise ConfigError(f"--gamma must be > 0. Found {args.gamma!r}.")
+    # sqrt(h) * local_sigma * gamma / C = sigma (DdgRound.central_noise_multiplier), C = 1
+    local_sigma = args.sigma / (args.gamma * math.sqrt(args.honest_shares))
+    if local_sigma < ddg.MIN_LOCAL_SIGMA:
+        raise ConfigError(
+            f"--sigma {args.sigma} over {args.honest_shares} shares at --gamma {args.gamma} "
+            f"gives each share {local_sigma:.3g} ring levels, below the bound's minimum "
+            f"{ddg.MIN_LOCAL_SIGMA:g}; use a smaller --gamma (finer grid)."
+        )
+    rnd = ddg.DdgRound(
+        sample_rate=args.q, clip=1.0, gamma=args.gamma, beta=args.beta, dim=args.dim,
+        local_sigma=local_sigma, honest_shares=args.honest_shares, relation=args.relation,
+    )
+    eps_ddg = ddg.epsilon([rnd] * args.steps, delta=args.delta)
+    gauss = DpSgdEvent(
+        client_id="cli", round=0, noise_multiplier=args.sigma, sample_rate=args.q,
+        steps=args.steps, clip=1.0, relation=args.relation,
+    )
+    eps_gauss = epsilon([gauss], args.delta, accountant="rdp")
+    out = {
+        "mechanism": "distributed discrete Gaussian",
+        "q": args.q,
+        "sigma": args.sigma,
+        "rounds": args.steps,
+        "delta": args.delta,
+        "relation": args.relation,
+        "honest_shares": args.honest_shares,
+        "dim": args.dim,
+        "gamma": args.gamma,
+        "beta": args.beta,
+        "local_sigma_levels": local_sigma,
+        "epsilon_ddg": eps_ddg,
+        "epsilon_continuous_gaussian_rdp": eps_gauss,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"distributed: q={args.q} sigma={args.sigma} rounds={args.steps} delta={args.delta} "
+            f"relation={args.relation} honest shares={args.honest_shares} dim={args.dim} "
+            f"gamma={args.gamma:g} beta={args.beta:.4g} (each share {local_sigma:.4g} levels)"
+        )
+        print(f"epsilon (DDG bound):                        {eps_ddg:.4f}")
+        print(f"epsilon (continuous Gaussian, RDP, same z):  {eps_gauss:.4f}")
     return 0
 
 

@@ -45,6 +45,33 @@ def test_account_bad_values(args, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+def test_account_distributed_matches_the_ddg_accountant_and_names_missing_flags(capsys):
+    """`account --distributed` is the DDG accountant a distributed run calibrates with: the
+    demo's plan (sigma 1.9132 over 5 honest shares, 4,096 coordinates, gamma 2^-21, q 0.1,
+    100 rounds, replace-one) spends epsilon 8; the continuous Gaussian with the same z less."""
+    from securefvpa.privacy import ddg
+
+    argv = ["account", "--distributed", "--q", "0.1", "--sigma", "1.9132010145810303",
+            "--steps", "100", "--delta", "1e-5", "--relation", "replace_one",
+            "--honest-shares", "5", "--dim", "4096", "--gamma", str(2.0**-21), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    rnd = ddg.DdgRound(sample_rate=0.1, clip=1.0, gamma=2.0**-21, beta=out["beta"], dim=4096,
+                       local_sigma=out["local_sigma_levels"], honest_shares=5)  # fmt: skip
+    assert rnd.central_noise_multiplier == pytest.approx(1.9132010145810303)
+    assert out["epsilon_ddg"] == pytest.approx(ddg.epsilon([rnd] * 100, delta=1e-5))
+    assert out["epsilon_ddg"] == pytest.approx(8.0, abs=0.01)
+    assert out["epsilon_continuous_gaussian_rdp"] < out["epsilon_ddg"]
+    assert main(argv[:-7] + ["--dim", "4096"]) == 2
+    assert "--distributed needs --honest-shares, --gamma" in capsys.readouterr().err
+    assert main(["account", "--q", "0.1", "--sigma", "1", "--steps", "3", "--delta", "1e-5",
+                 "--gamma", "0.1"]) == 2  # fmt: skip
+    assert "--gamma is for --distributed only" in capsys.readouterr().err
+    too_coarse = argv[:-3] + ["--gamma", "1.0", "--json"]
+    assert main(too_coarse) == 2
+    assert "below the bound's minimum" in capsys.readouterr().err
+
+
 def test_account_rejects_non_numbers(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["account", "--q", "abc", "--sigma", "1", "--steps", "3", "--delta", "1e-5"])
