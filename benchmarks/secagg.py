@@ -44,6 +44,14 @@ What is measured (single process, this machine's CPU, wall-clock ``perf_counter`
    time (encode excluded) and of the bytes each client sends and receives. The masking work
    grows with k + 1 = O(log n); the U1 commitment/reveal lists and the survivor list are
    O(n) bytes per client with a small constant, and shown separately.
+7. ``--flower-large`` (``--flower``: ~66k parameters): whole rounds on Flower's simulation
+   engine, same config, data, model and seed, three arms in one run: plaintext FedAvg, ours
+   (``secagg.enabled``), and Flower 1.42's own ``SecAggPlusWorkflow`` + ``secaggplus_mod``
+   (:func:`flower_secaggplus_rounds`; Flower's code unmodified, same clients' training, its
+   parameters set to ours). Per arm: median round seconds (first two rounds excluded) and the
+   ServerApp's own time per round (the round minus the time blocked waiting for the clients);
+   ratios ours/plain, Flower/plain and Flower server / our server. Example:
+   ``python benchmarks/secagg.py --flower-large --clients 20 100 --rounds 5``.
 """
 
 from __future__ import annotations
@@ -577,17 +585,268 @@ def choose_degree(n: int, dropout: float) -> tuple[int, float]:
     return (0 if k == 0 else max(k, default_degree(n))), fraction
 
 
-def flower_rounds(
-    clients: tuple[int, ...], rounds: int, *, hidden: int = 64, local_steps: int = 5
+class _ServerClock:
+    """Per-round server timings on Flower's simulation engine.
+
+    ``round`` times one training round (our transport's ``train_round``, or one call of the fit
+    workflow Flower's ``DefaultWorkflow`` runs); ``wait`` times a blocking exchange with the
+    clients (``grid.send_and_receive``: their local training and protocol work, and Flower's
+    messaging) inside it. ``server_s`` = round - wait: the ServerApp's own work in the round
+    (building and parsing messages, aggregation or the whole server side of secure aggregation,
+    decoding). Instrumentation only: every call goes to the real object.
+    """
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, float]] = []
+        self._wait = 0.0
+
+    def wait(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._wait += time.perf_counter() - t0
+
+    def round(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._wait = 0.0
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            wall = time.perf_counter() - t0
+            self.rounds.append(
+                {"wall_s": wall, "wait_s": self._wait, "server_s": wall - self._wait}
+            )
+
+
+class _ClockedGrid:
+    """A Flower Grid whose ``send_and_receive`` is timed by a :class:`_ServerClock`."""
+
+    def __init__(self, grid: Any, clock: _ServerClock) -> None:
+        self._grid, self._clock = grid, clock
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        return self._clock.wait(self._grid.send_and_receive, messages, timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _clock_transport(clock: _ServerClock) -> Any:
+    """Time ``FlowerTransport.train_round`` and its ``send`` calls (plain and ours); returns the
+    function that restores the originals."""
+    from securefvpa.fl.server_app import FlowerTransport
+
+    orig_round, orig_send = FlowerTransport.train_round, FlowerTransport.send
+
+    def train_round(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return clock.round(orig_round, self, *args, **kwargs)
+
+    def send(self: Any, messages: Any) -> Any:
+        return clock.wait(orig_send, self, messages)
+
+    FlowerTransport.train_round = train_round  # type: ignore[method-assign]
+    FlowerTransport.send = send  # type: ignore[method-assign]
+
+    def restore() -> None:
+        FlowerTransport.train_round = orig_round  # type: ignore[method-assign]
+        FlowerTransport.send = orig_send  # type: ignore[method-assign]
+
+    return restore
+
+
+def flower_secaggplus_rounds(
+    cfg_path: Path, out: Path, *, rounds: int, clock: _ServerClock
 ) -> dict[str, Any]:
-    """Whole federated rounds on Flower's simulation engine, plaintext vs secure aggregation.
+    """Whole rounds of Flower's own SecAgg+ on the same prepared federation as ours.
+
+    The run directory is prepared from ``cfg_path`` exactly as ``securefvpa run`` does (same
+    data, partitions, model, seed); the clients run the same ``local_train_round`` as ours.
+    Server: ``flwr.server.workflow.DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` over
+    a ``LegacyContext`` (Flower's documented way to run SecAgg+); client: a ``ClientApp`` with
+    ``flwr.client.mod.secaggplus_mod``. Flower 1.42 code runs unmodified; only the grid and the
+    fit workflow are wrapped to be timed. Parameters as ours: every client shares with every
+    other (``num_shares = 1.0``: the complete graph, like our ``secagg.degree = 0``),
+    reconstruction threshold 0.6 of the shares (ours: ``ceil(0.6 n)``), clipping range = our
+    fixed-point clip range, modulus 2^32 (our ring), ``max_weight`` = the largest client's train
+    pairs (ours: the same public bound), and the quantization range the largest whose n-client
+    sum cannot wrap the 2^32 ring (Flower's default 2^22 is coarser). The strategy only applies
+    the mean update (FedAvg, server_lr): the workflow hands it the secure weighted mean of the
+    updates in every result, so Flower's FedAvg re-averaging of n identical copies is skipped.
+    """
+    import shutil
+    import tempfile
+
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+
+    from securefvpa.data.load import load_dataset
+    from securefvpa.fl.launch import flower_env
+    from securefvpa.fl.node import NodeResolver
+    from securefvpa.rounds.encoding import resolve_clip_range
+    from securefvpa.rounds.finish import initial_parameters
+    from securefvpa.rounds.prepare import prepare_or_resume
+    from securefvpa.run import prepare_run_dir, resolve_config
+    from securefvpa.train.client import local_train_round
+
+    cfg = resolve_config(cfg_path, None)
+    rd = prepare_run_dir(cfg, out, resume=False)
+
+    def load() -> tuple[Any, Any, dict[str, Any]]:
+        pairs, split, info = load_dataset(cfg)
+        return pairs, split, json.loads(json.dumps(info, default=str))
+
+    manifest = prepare_or_resume(cfg, rd, resume=False, load=load)
+    init = initial_parameters(cfg, manifest)
+    names = list(init)
+    d = int(sum(v.size for v in init.values()))
+    n = manifest.train_clients
+    clip = resolve_clip_range(cfg, dim=d, min_units=1, sigma=0.0)
+    workflow = SecAggPlusWorkflow(
+        num_shares=1.0,
+        reconstruction_threshold=cfg.secagg.threshold,
+        max_weight=float(manifest.max_train_pairs),
+        clipping_range=clip,
+        quantization_range=2**32 // (n + 1),
+        modulus_range=2**32,
+        timeout=cfg.federation.round_timeout_s,
+    )
+    server_lr = cfg.federation.server_lr
+
+    class MeanUpdate(FedAvg):  # type: ignore[misc]
+        last: Any = None
+
+        def __init__(self) -> None:
+            super().__init__(
+                fraction_fit=1.0,
+                fraction_evaluate=0.0,
+                min_fit_clients=n,
+                min_available_clients=n,
+                on_fit_config_fn=lambda rnd: {"round": rnd},
+            )
+            self.params = [init[k] for k in names]
+            MeanUpdate.last = self
+
+        def initialize_parameters(self, client_manager: Any) -> Any:
+            return ndarrays_to_parameters(self.params)
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            if not results:
+                return None, {}
+            mean = parameters_to_ndarrays(results[0][1].parameters)
+            self.params = [
+                (p + server_lr * u).astype(p.dtype) for p, u in zip(self.params, mean, strict=True)
+            ]
+            return ndarrays_to_parameters(self.params), {}
+
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Any, context: Any) -> None:
+        ctx = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=rounds), strategy=MeanUpdate()
+        )
+        DefaultWorkflow(fit_workflow=lambda g, c: clock.round(workflow, g, c))(
+            _ClockedGrid(grid, clock), ctx
+        )
+
+    resolver = NodeResolver(rd.nodes)
+
+    class Trainer(NumPyClient):  # type: ignore[misc]
+        def __init__(self, context: Any) -> None:
+            self.context = context
+
+        def fit(self, parameters: Any, config: Any) -> Any:
+            _, node = resolver.resolve(self.context)
+            res = local_train_round(
+                node, dict(zip(names, parameters, strict=True)), rnd=int(config["round"])
+            )
+            if res.update is None:
+                raise RuntimeError(f"client {node.partition.partition_id}: {res.reason}")
+            return [res.update[k] for k in names], int(res.num_examples), {}
+
+    client = ClientApp(
+        client_fn=lambda context: Trainer(context).to_client(), mods=[secaggplus_mod]
+    )
+    os.environ.update(flower_env(rd))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sfvpa-ray-"))
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=manifest.clients,
+            backend_config={
+                "client_resources": {
+                    "num_cpus": cfg.federation.num_cpus_per_client,
+                    "num_gpus": 0.0,
+                },
+                "init_args": {
+                    "num_cpus": os.cpu_count() or 1,
+                    "include_dashboard": False,
+                    "_temp_dir": str(ray_tmp),
+                    "logging_level": "ERROR",
+                    "log_to_driver": False,
+                },
+            },
+            verbose_logging=False,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if len(clock.rounds) != rounds:
+        raise RuntimeError(f"Flower's SecAgg+ ran {len(clock.rounds)} of {rounds} rounds")
+    strategy = MeanUpdate.last
+    return {
+        "final_params": dict(zip(names, strategy.params, strict=True)),
+        "parameters": d,
+        "num_shares": n,
+        "reconstruction_threshold": round(cfg.secagg.threshold * n),
+        "clipping_range": clip,
+        "quantization_range": 2**32 // (n + 1),
+        "modulus_range": 2**32,
+        "max_weight": manifest.max_train_pairs,
+    }
+
+
+def _arm_row(walls: list[float], server: list[float], protocol: list[float] | None) -> dict:
+    return {
+        "round_seconds": walls,
+        "round_seconds_median": float(np.median(walls)),
+        "server_seconds": server,
+        "server_seconds_median": float(np.median(server)),
+        "protocol_seconds_median": None if protocol is None else float(np.median(protocol)),
+    }
+
+
+def flower_rounds(
+    clients: tuple[int, ...],
+    rounds: int,
+    *,
+    hidden: int = 64,
+    local_steps: int = 5,
+    flower_secaggplus: bool = False,
+    flower_rounds_count: int | None = None,
+) -> dict[str, Any]:
+    """Whole federated rounds on Flower's simulation engine: plaintext, ours, and (with
+    ``flower_secaggplus``) Flower's own SecAgg+ workflow, in this one run.
 
     Same config, data and seed; FedVPA-GP with ``hidden`` units (64: ~66k parameters; 464:
     ~1.02 * 10^6), 1 user per client, every client trains ``local_steps`` local steps per round.
-    A round's wall time includes local training, Flower's messaging (secure aggregation adds
-    five request/reply exchanges) and the server's work. On this 2-core machine the simulated
-    clients share two CPUs, so their work adds up instead of running in parallel as it would
-    on separate devices. The first two rounds (Ray start-up, warm-up) are excluded.
+    A round's wall time includes local training, Flower's messaging (ours adds five
+    request/reply exchanges to the train exchange; Flower's SecAgg+ has four exchanges, local
+    training inside its third) and the server's work. ``server_seconds``: the round's time the
+    ServerApp is not blocked waiting for clients (:class:`_ServerClock`): for plaintext the
+    parsing and weighted mean, for the secure arms the whole server side of the protocol
+    (messages, unmasking, decoding). ``protocol_seconds`` (ours): the wall time of the protocol
+    phases after training. On this 2-core machine the simulated clients share two CPUs, so
+    their work adds up instead of running in parallel as it would on separate devices. The
+    first two rounds of every arm (Ray start-up, warm-up) are excluded; Flower's arm runs
+    ``flower_rounds_count`` rounds (default ``rounds``).
     """
     import tempfile
 
@@ -600,7 +859,8 @@ def flower_rounds(
     with tempfile.TemporaryDirectory(prefix="sfvpa-sa-") as tmp:
         for n in clients:
             row: dict[str, Any] = {}
-            for secure in (False, True):
+            arms = ["plain", "secure"] + (["flower_secaggplus"] if flower_secaggplus else [])
+            for arm in arms:
                 cfg = {
                     "seed": 0,
                     "data": {
@@ -619,38 +879,91 @@ def flower_rounds(
                         "min_fit_clients": 3,
                         "round_timeout_s": 1800.0,
                     },
-                    "secagg": {"enabled": secure},
+                    "secagg": {"enabled": arm == "secure"},
                 }
-                name = f"n{n}-{'secure' if secure else 'plain'}"
+                name = f"n{n}-{arm}"
                 path = Path(tmp) / f"{name}.toml"
                 path.write_text(tomli_w.dumps(cfg))
-                m = run(path, Path(tmp) / name).metrics
-                later = list(m["rounds"][3:])  # round 0 is the initial evaluation
-                row[name.split("-")[1]] = {
-                    "round_seconds": [r["wall_seconds"] for r in later],
-                    "round_seconds_median": float(np.median([r["wall_seconds"] for r in later])),
-                    "protocol_seconds_median": float(
-                        np.median([r["secagg"]["protocol_seconds"] for r in later])
+                clock = _ServerClock()
+                t_arm = time.perf_counter()
+                if arm == "flower_secaggplus":
+                    fr = flower_rounds_count or rounds
+                    info = flower_secaggplus_rounds(path, Path(tmp) / name, rounds=fr, clock=clock)
+                    final = info.pop("final_params")
+                    row["flower_secaggplus_parameters"] = info
+                    if fr == rounds:  # same data, seed and updates: only quantization differs
+                        with np.load(Path(tmp) / f"n{n}-plain" / "final_params.npz") as z:
+                            info["final_params_max_abs_diff_vs_plain"] = max(
+                                float(np.max(np.abs(z[k] - final[k]))) for k in final
+                            )
+                    later = clock.rounds[2:]
+                    row[arm] = _arm_row(
+                        [r["wall_s"] for r in later], [r["server_s"] for r in later], None
                     )
-                    if secure
-                    else None,
-                }
-                if secure:
-                    row["parameters"] = _count_params(Path(tmp) / name / "final_params.npz")
-            row["ratio"] = (
-                row["secure"]["round_seconds_median"] / row["plain"]["round_seconds_median"]
-            )
+                    row[arm]["rounds_run"] = fr
+                else:
+                    restore = _clock_transport(clock)
+                    try:
+                        m = run(path, Path(tmp) / name).metrics
+                    finally:
+                        restore()
+                    later = list(m["rounds"][3:])  # round 0 is the initial evaluation
+                    row[arm] = _arm_row(
+                        [r["wall_seconds"] for r in later],
+                        [r["server_s"] for r in clock.rounds[2:]],
+                        [r["secagg"]["protocol_seconds"] for r in later]
+                        if arm == "secure"
+                        else None,
+                    )
+                    row[arm]["rounds_run"] = rounds
+                    phases = (
+                        [r["secagg"].get("phase_seconds") for r in later] if arm == "secure" else []
+                    )
+                    if phases and phases[0] and len({len(p) for p in phases}) == 1:
+                        row[arm]["phase_seconds_median"] = np.median(phases, axis=0).tolist()
+                    if arm == "secure":
+                        row["parameters"] = _count_params(Path(tmp) / name / "final_params.npz")
+                        with (
+                            np.load(Path(tmp) / name / "final_params.npz") as zs,
+                            np.load(Path(tmp) / f"n{n}-plain" / "final_params.npz") as zp,
+                        ):
+                            row[arm]["final_params_max_abs_diff_vs_plain"] = max(
+                                float(np.max(np.abs(zs[k] - zp[k]))) for k in zs.files
+                            )
+                row[arm]["arm_seconds_total"] = time.perf_counter() - t_arm
+                print(f"  n={n} {arm}: {row[arm]['round_seconds_median']:.2f} s/round", flush=True)
+            plain, ours = row["plain"], row["secure"]
+            row["ratio"] = ours["round_seconds_median"] / plain["round_seconds_median"]
+            if flower_secaggplus:
+                fl = row["flower_secaggplus"]
+                row["ratio_flower_over_plain"] = (
+                    fl["round_seconds_median"] / plain["round_seconds_median"]
+                )
+                row["server_ratio_flower_over_ours"] = (
+                    fl["server_seconds_median"] / ours["server_seconds_median"]
+                )
             out[str(n)] = row
     print(
         f"\nWhole Flower rounds (simulation, FedVPA-GP hidden={hidden}, "
-        f"{next(iter(out.values()))['parameters']} parameters, {local_steps} local steps)"
+        f"{next(iter(out.values()))['parameters']} parameters, {local_steps} local steps; "
+        "median s per round; srv = ServerApp time not waiting for clients)"
     )
-    print(f"{'clients':>8s} {'plain s':>8s} {'secure s':>9s} {'protocol s':>11s} {'ratio':>6s}")
+    print(
+        f"{'clients':>8s} {'plain':>7s} {'ours':>7s} {'flower':>7s} {'plain srv':>9s} "
+        f"{'ours srv':>9s} {'flwr srv':>9s} {'ours/pl':>8s} {'flwr/pl':>8s} {'srv fl/ours':>11s}"
+    )
     for n, row in out.items():
+        fl = row.get("flower_secaggplus")
+        na = float("nan")
         print(
-            f"{n:>8s} {row['plain']['round_seconds_median']:8.2f} "
-            f"{row['secure']['round_seconds_median']:9.2f} "
-            f"{row['secure']['protocol_seconds_median']:11.2f} {row['ratio']:6.2f}"
+            f"{n:>8s} {row['plain']['round_seconds_median']:7.2f} "
+            f"{row['secure']['round_seconds_median']:7.2f} "
+            f"{fl['round_seconds_median'] if fl else na:7.2f} "
+            f"{row['plain']['server_seconds_median']:9.3f} "
+            f"{row['secure']['server_seconds_median']:9.3f} "
+            f"{fl['server_seconds_median'] if fl else na:9.3f} {row['ratio']:8.2f} "
+            f"{row.get('ratio_flower_over_plain', na):8.2f} "
+            f"{row.get('server_ratio_flower_over_ours', na):11.2f}"
         )
     return out
 
@@ -678,13 +991,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flower-large",
         action="store_true",
-        help="only whole Flower rounds at d ~ 10^6 (hidden 464; 20 and 100 clients)",
+        help="only whole Flower rounds at d ~ 10^6 (hidden 464; 20 and 100 clients): plaintext, "
+        "ours and Flower's own SecAgg+ workflow",
+    )
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[20, 100], help="n of --flower-large"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --flower-large arms")
+    parser.add_argument(
+        "--flower-rounds",
+        type=int,
+        default=None,
+        help="rounds of Flower's SecAgg+ arm (default --rounds; >= 3, the first two excluded)",
+    )
+    parser.add_argument(
+        "--no-flower-arm",
+        action="store_true",
+        help="--flower-large without Flower's SecAgg+ arm (plaintext and ours only)",
     )
     args = parser.parse_args(argv)
     if args.flower or args.flower_large:
         if args.flower_large:
-            result = {"flower_rounds": flower_rounds((20, 100), rounds=5, hidden=464)}
-            path = args.out.with_name("secagg_flower_1e6.json")
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            result = {
+                "command": "python benchmarks/secagg.py "
+                + " ".join(sys.argv[1:] if argv is None else argv),
+                "started_utc": started,
+                "machine": {"cpu_count": os.cpu_count(), "usable_cpus": mask_workers()},
+                "flower_rounds": flower_rounds(
+                    tuple(args.clients),
+                    rounds=args.rounds,
+                    hidden=464,
+                    flower_secaggplus=not args.no_flower_arm,
+                    flower_rounds_count=args.flower_rounds,
+                ),
+            }
+            name = "secagg_flower_1e6_ours.json" if args.no_flower_arm else "secagg_flower_1e6.json"
+            path = args.out.with_name(name)
         else:
             result = {"flower_rounds": flower_rounds((10, 50), rounds=5)}
             path = args.out.with_name("secagg_flower.json")
