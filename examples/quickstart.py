@@ -1,9 +1,11 @@
-"""Quickstart: a private (DP-SGD) federated run in-process, then one user's scores (~20 s).
+"""Quickstart: a private federated run in-process, then one user's scores (about 2 minutes).
 
-    python examples/quickstart.py [OUT_DIR]
+    python examples/quickstart.py [OUT_DIR] [USERS] [ROUNDS]
 
-At this toy size (40 users, 5 rounds) the DP noise dominates and accuracy stays near chance;
-examples/federated.toml and README "Benchmarks" show the scale at which the latent is learned.
+10,000 generated users, epsilon 8 per pair with distributed noise inside secure aggregation:
+the private recipe of examples/private.toml, which beats non-private FedBTL at this size
+(README "Learning under privacy"). With few users (e.g. 60 users, 3 rounds, as its test runs
+it) the DP noise dominates and accuracy stays near chance.
 """
 
 import json
@@ -14,21 +16,36 @@ from pathlib import Path
 import securefvpa
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="securefvpa-"))
-users = securefvpa.generate_users(users=40, pairs_per_user=12, types=2, seed=0)
+n_users = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+users = securefvpa.generate_users(users=n_users, pairs_per_user=16, types=2, seed=0)
 securefvpa.write_records(out / "users.jsonl", users)  # your own data: the same JSONL schema
 result = securefvpa.run({
     "data": {"source": "jsonl", "path": str(out / "users.jsonl"), "heldout_pairs": 4},
-    "federation": {"mode": "inprocess", "rounds": 5, "local_steps": 2, "users_per_client": 2},
-    "privacy": {"enabled": True, "target_epsilon": 8.0, "budget_epsilon": 8.0, "delta": 1e-5},
+    "model": {"kind": "fedvpa-gp", "input_projection": 64, "hidden": 16},
+    "train": {"optimizer": "sgd", "lr": 1.0, "context_pairs": 8, "target_pairs": 4},
+    "federation": {"mode": "inprocess", "rounds": rounds, "local_steps": 1, "eval_every": rounds,
+                   "users_per_client": max(2, n_users // 50), "type_mix": "mixed",
+                   "server_optimizer": "fedadam", "server_lr": 0.1},
+    "privacy": {"enabled": True, "noise": "distributed", "target_epsilon": 8.0,
+                "budget_epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "sample_rate": 0.1},
+    "secagg": {"enabled": True},
 }, out / "run")
 spent = json.loads(result.report_path.read_text())["summary"]
 print(f"epsilon spent: {spent['epsilon_max']:.2f} (delta 1e-05, budget 8), report {result.report_path}")
 print("accuracy on held-out pairs (chance 0.50):",
       {k: round(v, 3) for k, v in result.accuracy.items() if v is not None})
-me = [r for r in users if r.user_id == users[0].user_id]  # one user's own pairs; z stays local
-scores = securefvpa.score(result.run_dir, me, prompt="Human: How can I save money on groceries?",
-                          responses=["Cook larger batches and freeze portions for later.",
-                                     "Just take what you need when nobody is looking."])
-for text, s in zip(scores.responses, scores.scores):
-    print(f"score {s:+.4f}  {text}")
-print(f"P(user prefers the first) = {scores.probability(0, 1):.3f}")
+# Two users of different types score the same two answers, each from their own pairs (z stays
+# on their machine): a detailed answer and a short, cautious one.
+prompt = "Human: How should I start running as a complete beginner?"
+answers = ["Okay, so here's the deal. Start with short sessions that alternate one minute of "
+           "running with two minutes of walking. Also, increase your total distance by no more "
+           "than about ten percent each week. Anyway, you got this!",
+           "Yeah, totally! Get a pair of comfortable shoes. Stay safe, and stop if anything "
+           "feels wrong."]
+for user_type in sorted({r.user_type for r in users}):
+    uid = next(r.user_id for r in users if r.user_type == user_type)
+    scores = securefvpa.score(result.run_dir, [r for r in users if r.user_id == uid],
+                              prompt=prompt, responses=answers)
+    print(f"{uid}: scores {scores.scores[0]:+.4f} / {scores.scores[1]:+.4f}, "
+          f"P(prefers the detailed answer) = {scores.probability(0, 1):.3f}")

@@ -14,13 +14,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # ~20 s: a real DP run (sigma calibrated from the target epsilon) + scoring
+@pytest.mark.slow  # ~20 s: a real DP run (60 users, 3 rounds; sigma calibrated) + scoring
 def test_quickstart_runs_and_prints_epsilon_accuracy_and_scores(tmp_path):
     """The printed epsilon and accuracy are the run's (privacy_report.json, metrics.json), the two
     scores are centred and the probability is sigmoid(s1 - s2). Mutant caught: scores not
     centred in train.inference (s = r - r_1)."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "quickstart.py"), str(tmp_path)],
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), str(tmp_path), "60", "3"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,7 +37,12 @@ def test_quickstart_runs_and_prints_epsilon_accuracy_and_scores(tmp_path):
     node = json.loads((tmp_path / "run" / "node_evaluation.json").read_text())
     for key, value in json.loads(acc.replace("'", '"')).items():
         assert value == pytest.approx(node["final"]["accuracy"][key], abs=1e-3)
-    scores = [float(s) for s in re.findall(r"^score ([+-][0-9.]+)  ", out, re.M)]
-    assert len(scores) == 2 and sum(scores) == pytest.approx(0.0, abs=2e-4)
-    p = float(re.search(r"P\(user prefers the first\) = ([0-9.]+)", out).group(1))
-    assert p == pytest.approx(1 / (1 + math.exp(-(scores[0] - scores[1]))), abs=1e-3)
+    lines = re.findall(
+        r"^(\S+): scores ([+-][0-9.]+) / ([+-][0-9.]+), P\(prefers the detailed answer\) = "
+        r"([0-9.]+)$", out, re.M
+    )
+    assert len(lines) == 2 and len({uid for uid, *_ in lines}) == 2  # one user of each type
+    for _, s1, s2, p in lines:
+        s1, s2 = float(s1), float(s2)
+        assert s1 + s2 == pytest.approx(0.0, abs=2e-4)
+        assert float(p) == pytest.approx(1 / (1 + math.exp(-(s1 - s2))), abs=1e-3)
