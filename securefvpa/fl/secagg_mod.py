@@ -6,11 +6,14 @@ all others pass through.
 - ``secagg-stage = "train"``: the wrapped train handler runs one local round (DP-SGD, guard,
   ledger as usual). Its update is *not* returned: the mod encodes it into the ring (fixed point
   ``[q(w * update), w, clipped count]``, or, with distributed noise, the ring vector the round
-  produced) and keeps that vector in the node's own state; it replies with the scalars only.
+  produced) and keeps that vector in the node's own state; it replies with the scalars only,
+  and, when the message carries the protocol's advertise-keys request, with the node's signed
+  key advertisement (record ``secagg-reply``; one exchange fewer).
 - ``secagg-stage = "protocol"``: one request of the Bonawitz et al. protocol
   (``securefvpa.secagg``), carried as bytes in ``secagg-payload``. The masked-input request is
   answered with the stored vector masked by the protocol, so the server only ever sees masked
-  vectors and, at the end, the sum over the surviving clients. With distributed noise the client
+  vectors and, at the end, the sum over the surviving clients; the plain vector is then deleted
+  from the node's state (later requests neither need nor carry it). With distributed noise the client
   refuses to help unmask a sum of fewer than the ``t`` masked inputs its noise was sized for.
 
 Everything that decides what the client accepts comes from the client's side — its identity
@@ -36,6 +39,7 @@ from securefvpa.fl.wire import (
     CONFIG,
     REPLY,
     RING,
+    SECAGG_REPLY,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
     STATUS_OK,
@@ -53,12 +57,14 @@ from securefvpa.secagg.keys import load_identity, load_roster
 from securefvpa.secagg.messages import MessageType, peek_type
 
 STATE_KEY = "secagg-round"  # ConfigRecord: the protocol client's state (secret)
-RING_KEY = "secagg-ring"  # ArrayRecord: this round's ring vector (secret until masked)
+RING_KEY = "secagg-ring"  # ArrayRecord: this round's ring vector (secret; dropped once masked)
+LENGTH_KEY = "secagg-length"  # ConfigRecord: the ring vector's length (public)
 USED_KEY = "secagg-used"  # ConfigRecord: (session, round) pairs already taken part in
 
 
 def _clear(context: Context) -> None:
     context.state.config_records.pop(STATE_KEY, None)
+    context.state.config_records.pop(LENGTH_KEY, None)
     context.state.array_records.pop(RING_KEY, None)
 
 
@@ -72,7 +78,7 @@ def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
         if not ins.secagg:
             return call_next(msg, context)
         if ins.secagg_stage == STAGE_TRAIN:
-            return _train_stage(msg, context, call_next, resolver)
+            return _train_stage(msg, context, ins, call_next, resolver)
         if ins.secagg_stage == STAGE_PROTOCOL:
             return _protocol_stage(msg, context, ins, resolver)
         raise ProtocolAbort(f"secure-aggregation message without a stage: {ins.secagg_stage!r}")
@@ -81,13 +87,20 @@ def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
 
 
 def _train_stage(
-    msg: Message, context: Context, call_next: ClientAppCallable, resolver: NodeResolver
+    msg: Message,
+    context: Context,
+    ins: Instruction,
+    call_next: ClientAppCallable,
+    resolver: NodeResolver,
 ) -> Message:
     """Run the local round and keep its ring vector in the node's own state (nothing leaves).
 
     Distributed noise: the round already produced the ring vector (rounded units + this
     client's noise share). Otherwise the weighted update is encoded here in fixed point, its
-    clipped coordinates counted (``secagg.quantization``)."""
+    clipped coordinates counted (``secagg.quantization``). When the message also carries the
+    protocol's advertise-keys request (``secagg-payload``), a node that trained answers it in
+    the same reply (record ``secagg-reply``), exactly as it would in a protocol exchange; any
+    other request there is refused."""
     _clear(context)
     reply = call_next(msg, context)
     if reply.has_error():
@@ -110,29 +123,48 @@ def _train_stage(
                 {k: np.asarray(v, dtype=np.float64) / w for k, v in arrays.items()}, w
             )
         context.state.array_records[RING_KEY] = arrays_to_record({RING: ring})
+        context.state.config_records[LENGTH_KEY] = ConfigRecord({"length": int(ring.size)})
+        if ins.secagg_payload is not None:
+            if peek_type(ins.secagg_payload) != MessageType.ADVERTISE_KEYS_REQUEST:
+                _clear(context)
+                raise ProtocolAbort("a training message may carry only the advertise-keys request")
+            advert = _handle_protocol(context, ins, resolver)
+            content = make_content(reply=rec)
+            content.config_records[SECAGG_REPLY] = ConfigRecord(
+                ProtocolReply(secagg_payload=advert).to_values()
+            )
+            return Message(content, reply_to=msg)
     return Message(make_content(reply=rec), reply_to=msg)
 
 
 def _protocol_stage(
     msg: Message, context: Context, ins: Instruction, resolver: NodeResolver
 ) -> Message:
+    out = _handle_protocol(context, ins, resolver)
+    return Message(make_content(reply=ProtocolReply(secagg_payload=out)), reply_to=msg)
+
+
+def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver) -> bytes:
+    """One protocol request (``ins.secagg_payload``) against this node's state; the reply bytes.
+    The state is kept for the next request, or deleted when the round ends or aborts."""
     node, client = resolver.resolve(context)
     resolver.check(node, ins.config_hash)
     if ins.secagg_payload is None or ins.secagg_session is None:
         raise ProtocolAbort("protocol message without secagg-payload or secagg-session")
     payload = ins.secagg_payload
-    if RING_KEY not in context.state.array_records:
+    if LENGTH_KEY not in context.state.config_records:
         raise ProtocolAbort("no local update for this round: the train stage did not run here")
-    stored = context.state.array_records[RING_KEY][RING]
     # The policy needs only the length; the vector itself (megabytes at d = 10^6) is read only
-    # for the masked-input request.
+    # for the masked-input request and dropped from the node's state once masked, so that the
+    # later requests neither carry nor keep it.
+    length = int(context.state.config_records[LENGTH_KEY]["length"])  # type: ignore[arg-type]
     cfg = client.cfg
     identity = load_identity(Path(node.identity))
     roster = load_roster(Path(node.roster))
     min_survivors = int(node.distributed.get("threshold", 0))
     policy = client_policy(
         cfg,
-        vector_length=int(np.prod(stored.shape)),
+        vector_length=length,
         max_participants=node.train_clients,
         min_survivors=min_survivors,
     )
@@ -162,7 +194,12 @@ def _protocol_stage(
                 roster=roster,
                 policy=policy,  # type: ignore[arg-type]
             )
-        x = stored.numpy() if sac.needs_input else None
+        masking = sac.needs_input
+        x = None
+        if masking:
+            if RING_KEY not in context.state.array_records:
+                raise ProtocolAbort("masked input requested, but this node's input is gone")
+            x = context.state.array_records[RING_KEY][RING].numpy()
         out = sac.handle(payload, input_vector=x)
     except ProtocolAbort:
         _clear(context)
@@ -171,4 +208,6 @@ def _protocol_stage(
         _clear(context)
     else:
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": sac.export_state()})
-    return Message(make_content(reply=ProtocolReply(secagg_payload=out)), reply_to=msg)
+        if masking:  # sent masked: the plain vector is never needed again
+            context.state.array_records.pop(RING_KEY, None)
+    return out

@@ -1,9 +1,13 @@
 """Secure FedAvg on the server: one round of training, then the secure-aggregation protocol.
 
-Stage 1 sends the global parameters with ``secagg-stage = "train"``: sampled clients train and
-keep their update (see ``secagg_mod``). Stage 2 drives ``securefvpa.secagg.SecAggServer`` over
-the clients that trained: request/reply exchanges of protocol bytes, each a Flower ``train``
-message. A client that fails or times out in any phase is a dropout; the protocol recovers the
+Stage 1 sends the global parameters with ``secagg-stage = "train"`` and, in the same message,
+the protocol's advertise-keys request: sampled clients train, keep their update (see
+``secagg_mod``) and answer the request with their training reply. Stage 2 drives
+``securefvpa.secagg.SecAggServer`` on: request/reply exchanges of protocol bytes, each a Flower
+``train`` message — 4 after training with the complete graph (share keys, masked input,
+consistency check, unmask), 5 with SecAgg+ (reveal seed first). If fewer adverts than the
+threshold come back (clients declined or failed training), a fresh instance over the clients
+that trained advertises its keys in an exchange of its own. A client that fails or times out in any phase is a dropout; the protocol recovers the
 sum of the survivors when at least the threshold remain and aborts otherwise. The server only
 ever holds masked vectors and the final ring sum, decoded into the weighted mean
 ``sum_i w_i u_i / sum_i w_i`` over the clients whose masked input was summed.
@@ -17,13 +21,15 @@ import time
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from securefvpa.config import RunConfig
 from securefvpa.errors import FederationError, ProtocolAbort
 from securefvpa.fl.wire import (
+    ARRAYS,
     MSG_TRAIN,
     REPLY,
+    SECAGG_REPLY,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
     Instruction,
@@ -73,13 +79,44 @@ def secure_train_round(
 ) -> RoundOutcome:
     cfg = t.cfg
     t0 = time.perf_counter()
+    codec = t.codec
+    d = vector_length(params)
     base = Instruction(round=rnd, attempt=attempt, config_hash=t.cfg_hash, secagg=True)
-    train_ins = Instruction(**{**base.__dict__, "secagg_stage": STAGE_TRAIN})
-    ok, out = t.train_and_collect(rnd, sampled, make_content(arrays=params, config=train_ins))
+    minimum = max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients)
+    sid = session_id(t.cfg_hash, _SESSION_NONCE)
+
+    def new_server(session: bytes, participants: list[int]) -> SecAggServer:
+        return SecAggServer(
+            session_id=session,
+            round_id=rnd,
+            participants=participants,
+            vector_length=codec.vector_length(d),
+            bits=cfg.secagg.bits,
+            degree=cfg.secagg.degree,
+            threshold_fraction=cfg.secagg.threshold,
+            roster=t.roster,
+        )
+
+    # The key advertisement rides on the training exchange (one exchange fewer): every sampled
+    # node gets its advertise-keys request with the parameters; a node that trained answers it
+    # with its training reply. A node that declines or fails sends no advert (a dropout there).
+    enough = len(sampled) >= minimum
+    server = new_server(sid, sorted(n.partition_id for n in sampled)) if enough else None
+    adverts = server.start() if server is not None else {}
+    arrays = make_content(arrays=params).array_records[ARRAYS]  # one copy for every message
+
+    def train_content(node: NodeInfo) -> RecordDict:
+        ins = {**base.__dict__, "secagg_stage": STAGE_TRAIN}
+        if node.partition_id in adverts:
+            ins |= {"secagg_payload": adverts[node.partition_id], "secagg_session": sid.hex()}
+        content = make_content(config=Instruction(**ins))
+        content.array_records[ARRAYS] = arrays
+        return content
+
+    ok, out = t.train_and_collect(rnd, sampled, train_content)
     ready = [node for node, _, _ in ok]
     train_seconds = time.perf_counter() - t0
-    minimum = max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients)
-    if len(ready) < minimum:
+    if server is None or len(ready) < minimum:
         log.warning(
             "round %d: %d clients trained; secure aggregation needs at least %d",
             rnd,
@@ -88,26 +125,31 @@ def secure_train_round(
         )
         return out
 
-    codec = t.codec
-    d = vector_length(params)
     node_of = {n.partition_id: n for n in ready}
     pid_of = {n.node_id: n.partition_id for n in ready}
-    sid = session_id(t.cfg_hash, _SESSION_NONCE)
-    server = SecAggServer(
-        session_id=sid,
-        round_id=rnd,
-        participants=sorted(node_of),
-        vector_length=codec.vector_length(d),
-        bits=cfg.secagg.bits,
-        degree=cfg.secagg.degree,
-        threshold_fraction=cfg.secagg.threshold,
-        roster=t.roster,
-    )
-    requests = server.start()
+    for node, r, _ in ok:
+        try:
+            advert = get_config(r.content, SECAGG_REPLY, ProtocolReply).secagg_payload
+        except FederationError as exc:
+            log.warning("round %d: client %d sent no key advert: %s", rnd, node.partition_id, exc)
+            continue
+        server.receive(node.partition_id, advert)
+    try:
+        requests = server.advance()
+    except ProtocolAbort as exc:
+        # Fewer adverts than the sampled set's threshold (clients declined or failed training):
+        # a fresh instance (new session, new keys) over the nodes that trained, whose keys are
+        # then advertised in an exchange of their own, as before.
+        log.info("round %d: %s; secure aggregation re-keyed over %d nodes", rnd, exc, len(ready))
+        sid = session_id(t.cfg_hash, f"{_SESSION_NONCE}:re-keyed")
+        server = new_server(sid, sorted(node_of))
+        requests = server.start()
     phases = 0
+    phase_seconds: list[float] = []  # wall time of each protocol exchange, send to advance
     try:
         while requests:
             phases += 1
+            t_phase = time.perf_counter()
             msgs = [
                 t.message(
                     node_of[pid],
@@ -144,6 +186,7 @@ def secure_train_round(
                     continue
                 server.receive(pid, payload)
             requests = server.advance()
+            phase_seconds.append(time.perf_counter() - t_phase)
     except ProtocolAbort as exc:
         raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
     result = server.result
@@ -162,7 +205,8 @@ def secure_train_round(
             "contributors": len(contributors),
             "threshold": server.threshold,
             "participants": len(node_of),
-            "phases": phases,
+            "phases": phases,  # protocol exchanges after the training exchange
+            "phase_seconds": phase_seconds,
             "train_seconds": train_seconds,
             "protocol_seconds": time.perf_counter() - t0 - train_seconds,
             "bytes_sent": server.bytes_sent,

@@ -168,9 +168,15 @@ class FlowerTransport:
     def train_and_collect(
         self, rnd: int, sampled: list[NodeInfo], content: Any
     ) -> tuple[list[tuple[NodeInfo, Message, TrainReply]], RoundOutcome]:
-        """Send a train message to every sampled node; sort the replies into trained (with their
-        message), declined (budget), and failed (error, malformed reply, or no reply)."""
-        replies = self.send([self.message(n, MSG_TRAIN, content) for n in sampled])
+        """Send a train message to every sampled node (``content``, or ``content(node)`` when it is
+        callable); sort the replies into trained (with their message), declined (budget), and
+        failed (error, malformed reply, or no reply)."""
+        replies = self.send(
+            [
+                self.message(n, MSG_TRAIN, content(n) if callable(content) else content)
+                for n in sampled
+            ]
+        )
         by_node = {n.node_id: n for n in sampled}
         out = RoundOutcome(mean_update=None)
         ok: list[tuple[NodeInfo, Message, TrainReply]] = []

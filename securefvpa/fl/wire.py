@@ -41,6 +41,7 @@ MSG_EVALUATE = "evaluate"
 ARRAYS = "arrays"
 CONFIG = "config"
 REPLY = "reply"
+SECAGG_REPLY = "secagg-reply"  # a secure-aggregation reply riding on a training reply
 RING = "ddg-ring"  # distributed noise: the client's ring vector (never leaves the node unmasked)
 
 STAGE_TRAIN = "train"  # secure aggregation: train, keep the update on the node
@@ -56,6 +57,7 @@ __all__ = [
     "NODE_CONFIG_KEY",
     "PARTITION_KEY",
     "REPLY",
+    "SECAGG_REPLY",
     "RING",
     "STAGE_PROTOCOL",
     "STAGE_TRAIN",

@@ -12,8 +12,15 @@ from securefvpa.data.load import load_dataset
 from securefvpa.fl import launch
 from securefvpa.fl.client_app import client_handlers
 from securefvpa.fl.node import NodeResolver
-from securefvpa.fl.secagg_mod import make_secagg_mod
-from securefvpa.fl.wire import CONFIG, STAGE_PROTOCOL, Instruction, get_config
+from securefvpa.fl.secagg_mod import RING_KEY, make_secagg_mod
+from securefvpa.fl.wire import (
+    CONFIG,
+    SECAGG_REPLY,
+    STAGE_PROTOCOL,
+    STAGE_TRAIN,
+    Instruction,
+    get_config,
+)
 from securefvpa.rounds.engine import sample_nodes
 from securefvpa.rounds.finish import initial_parameters
 from securefvpa.rounds.local import LocalTransport
@@ -33,7 +40,8 @@ def test_secure_run_matches_plaintext_run(tmp_path, fed_config, write_config):
     m_plain = run(write_config(plain, "plain.toml"), tmp_path / "plain").metrics
     m_secure = run(write_config(secure, "secure.toml"), tmp_path / "secure").metrics
     assert all(r["clients"] >= 4 for r in m_secure["rounds"][1:])
-    assert m_secure["rounds"][1]["secagg"]["phases"] == 5
+    # keys advertised in the training exchange: 4 protocol exchanges after it, not 5
+    assert m_secure["rounds"][1]["secagg"]["phases"] == 4
     with (
         np.load(tmp_path / "plain" / "final_params.npz") as a,
         np.load(tmp_path / "secure" / "final_params.npz") as b,
@@ -102,3 +110,153 @@ def test_dropout_during_secure_aggregation_is_recovered(tmp_path, fed_config, wr
             # FedAvg with server_lr 1: theta_1 - theta_0 is the aggregate itself. The 64-bit
             # fixed-point step is ~1e-12; the float32 parameters bound the comparison.
             np.testing.assert_allclose(got, expected[k], rtol=0, atol=2e-6, err_msg=k)
+
+
+def _advert_losing_client_app(nodes_dir, victims: set[int], log_path) -> ClientApp:
+    """The real ClientApp, but the key adverts that partitions ``victims`` send with their
+    training replies are lost; every node logs, per protocol request, whether its plain ring
+    vector is still in its state."""
+    h = client_handlers(NodeResolver(nodes_dir))
+    app = ClientApp()
+    app.query()(h.query)
+    app.evaluate()(h.evaluate)
+
+    def lose_advert_and_log(msg: Message, context: Context, call_next):
+        ins = get_config(msg.content, CONFIG, Instruction)
+        pid = int(context.node_config["partition-id"])
+        if ins.secagg_stage == STAGE_PROTOCOL:
+            kind = peek_type(ins.secagg_payload).name
+            with open(log_path, "a") as f:
+                f.write(f"{pid} {kind} {RING_KEY in context.state.array_records}\n")
+        reply = call_next(msg, context)
+        if ins.secagg_stage == STAGE_TRAIN and pid in victims and not reply.has_error():
+            assert SECAGG_REPLY in reply.content.config_records  # the advert was there
+            del reply.content.config_records[SECAGG_REPLY]
+        return reply
+
+    app.train(mods=[lose_advert_and_log, make_secagg_mod(h.resolver)])(h.train)
+    return app
+
+
+def test_too_few_adverts_with_training_rekeys_and_sums_exactly(tmp_path, fed_config, write_config):
+    """Adverts that ride on the training replies are lost for half the clients (below the
+    threshold): the server starts a fresh instance over every node that trained, keys advertised
+    in an exchange of their own, and the aggregate is EXACTLY the plaintext weighted mean of all
+    of them. The plain vector leaves every node's state once it has been sent masked."""
+    cfg = load_config(
+        write_config(
+            fed_config(
+                federation={"rounds": 1, "local_steps": 2},
+                secagg={"enabled": True, "bits": 64},
+            )
+        )
+    )
+    rd = prepare_run_dir(cfg, tmp_path / "run", resume=False)
+    manifest = prepare_or_resume(cfg, rd, resume=False, load=lambda: load_dataset(cfg))
+    log_path = tmp_path / "requests.log"
+    nodes = LocalTransport([load_node(n) for n in read_node_configs(rd, manifest)])
+    infos = [n for n in nodes.discover() if n.role == "train"]
+    sampled = sample_nodes(infos, cfg, 1, set())
+    victims = {n.partition_id for n in sampled[: len(sampled) // 2 + 1]}
+    metrics = launch.run_simulation_mode(
+        cfg, rd, resume=False, client_app=_advert_losing_client_app(rd.nodes, victims, log_path)
+    )
+    r1 = metrics["rounds"][1]
+    assert r1["secagg"]["phases"] == 5  # re-keyed: advertise, share keys, mask, check, unmask
+    assert r1["secagg"]["contributors"] == r1["clients"] == len(sampled)
+    initial = initial_parameters(cfg, manifest)
+    expected = nodes.train_round(1, 1, sampled, initial).mean_update
+    with np.load(rd.final_params) as z:
+        for k in initial:
+            got = z[k].astype(np.float64) - initial[k].astype(np.float64)
+            np.testing.assert_allclose(got, expected[k], rtol=0, atol=2e-6, err_msg=k)
+    seen = [line.split() for line in log_path.read_text().splitlines()]
+    kinds = {kind for _, kind, _ in seen}
+    assert {"ADVERTISE_KEYS_REQUEST", "MASKED_INPUT_REQUEST", "UNMASK_REQUEST"} <= kinds
+    for pid, kind, ring in seen:
+        if kind in ("CONSISTENCY_REQUEST", "UNMASK_REQUEST"):
+            assert ring == "False", (pid, kind)
+        if kind == "MASKED_INPUT_REQUEST":
+            assert ring == "True", (pid, kind)
+
+
+def test_a_training_message_carries_only_the_advertise_keys_request(
+    tmp_path, fed_config, write_config
+):
+    """Driven directly, as a malicious server would: the advertise-keys request in a training
+    message is answered with the node's signed advert (and its round state kept); any other
+    request there is refused with ProtocolAbort and the node's state (its update) deleted."""
+    from flwr.app import Metadata, RecordDict
+
+    from securefvpa.errors import ProtocolAbort
+    from securefvpa.fl.secagg_mod import STATE_KEY
+    from securefvpa.fl.wire import make_content
+    from securefvpa.rounds.encoding import session_id, vector_length
+    from securefvpa.rounds.prepare import run_codec
+    from securefvpa.rundir import read_node_config
+    from securefvpa.secagg import SecAggServer
+    from securefvpa.secagg.keys import load_roster
+    from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
+
+    cfg = load_config(
+        write_config(fed_config(data={"users": 8, "unseen_share": 0.0}, secagg={"enabled": True}))
+    )
+    rd = prepare_run_dir(cfg, tmp_path / "run", resume=False)
+    manifest = prepare_or_resume(cfg, rd, resume=False, load=lambda: load_dataset(cfg))
+    params = initial_parameters(cfg, manifest)
+    node = read_node_config(rd.node_config(0))
+    sid = session_id(node.config_hash, "test")
+    server = SecAggServer(
+        session_id=sid,
+        round_id=1,
+        participants=list(range(manifest.train_clients)),
+        vector_length=run_codec(cfg, rd, manifest).vector_length(vector_length(params)),
+        bits=cfg.secagg.bits,
+        degree=cfg.secagg.degree,
+        threshold_fraction=cfg.secagg.threshold,
+        roster=load_roster(rd.roster),
+    )
+    advert_request = server.start()[0]
+    not_an_advert = MAGIC + bytes([VERSION, MessageType.MASKED_INPUT_REQUEST])
+    not_an_advert += bytes(HEADER_BYTES - len(not_an_advert))
+    h = client_handlers(NodeResolver(rd.nodes))
+    mod = make_secagg_mod(h.resolver)
+
+    def train(payload: bytes, context: Context | None = None):
+        ins = Instruction(
+            round=1,
+            config_hash=node.config_hash,
+            secagg=True,
+            secagg_stage=STAGE_TRAIN,
+            secagg_payload=payload,
+            secagg_session=sid.hex(),
+        )
+        meta = Metadata(
+            run_id=1,
+            message_id="m1",
+            src_node_id=0,
+            dst_node_id=7,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=0.0,
+            ttl=60.0,
+            message_type="train",
+        )
+        msg = Message(content=make_content(arrays=params, config=ins), metadata=meta)
+        if context is None:
+            context = Context(
+                run_id=1,
+                node_id=7,
+                node_config={"partition-id": 0},
+                state=RecordDict(),
+                run_config={},
+            )
+        return mod(msg, context, h.train), context
+
+    reply, context = train(advert_request)
+    assert SECAGG_REPLY in reply.content.config_records
+    assert STATE_KEY in context.state.config_records
+    assert RING_KEY in context.state.array_records
+    with pytest.raises(ProtocolAbort, match="only the advertise-keys request"):
+        train(not_an_advert, context)
+    assert RING_KEY not in context.state.array_records  # the trained update is gone
