@@ -831,6 +831,7 @@ def flower_rounds(
     local_steps: int = 5,
     flower_secaggplus: bool = False,
     flower_rounds_count: int | None = None,
+    degree: int = 0,
 ) -> dict[str, Any]:
     """Whole federated rounds on Flower's simulation engine: plaintext, ours, and (with
     ``flower_secaggplus``) Flower's own SecAgg+ workflow, in this one run.
@@ -879,7 +880,7 @@ def flower_rounds(
                         "min_fit_clients": 3,
                         "round_timeout_s": 1800.0,
                     },
-                    "secagg": {"enabled": arm == "secure"},
+                    "secagg": {"enabled": arm == "secure", "degree": degree},
                 }
                 name = f"n{n}-{arm}"
                 path = Path(tmp) / f"{name}.toml"
@@ -1005,6 +1006,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of Flower's SecAgg+ arm (default --rounds; >= 3, the first two excluded)",
     )
     parser.add_argument(
+        "--degree",
+        type=int,
+        default=0,
+        help="our secagg.degree in --flower-large (0: complete graph, as Flower's arm)",
+    )
+    parser.add_argument(
         "--no-flower-arm",
         action="store_true",
         help="--flower-large without Flower's SecAgg+ arm (plaintext and ours only)",
@@ -1024,9 +1031,12 @@ def main(argv: list[str] | None = None) -> int:
                     hidden=464,
                     flower_secaggplus=not args.no_flower_arm,
                     flower_rounds_count=args.flower_rounds,
+                    degree=args.degree,
                 ),
             }
             name = "secagg_flower_1e6_ours.json" if args.no_flower_arm else "secagg_flower_1e6.json"
+            if args.degree:
+                name = name.replace(".json", f"_k{args.degree}.json")
             path = args.out.with_name(name)
         else:
             result = {"flower_rounds": flower_rounds((10, 50), rounds=5)}
