@@ -415,3 +415,37 @@ def test_clipped_unit_gradients_equal_the_brute_force_oracle(unit, deterministic
     assert float(np.linalg.norm(out.grads, axis=1).max()) <= 0.05 * (1 + 1e-6)
     # nothing trained, nothing left behind
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("clip", [1e-4, 1.0])
+def test_replacing_one_users_whole_profile_moves_the_clipped_sum_by_at_most_2c(
+    clip, deterministic_latent
+):
+    """Unit "user": every pair of one user replaced (each by another pair of the data set with
+    its preference flipped) changes exactly that user's clipped gradient, and the sum of the
+    clipped per-user gradients by at most 2C — the replace-one sensitivity the distributed
+    accountant assumes for a user. Real FedVPA-GP, Opacus per-sample gradients, q = 1 (every
+    user sampled) so that both neighbours run the same units."""
+    from securefvpa.train.private import clipped_unit_gradients
+
+    model, pairs, users = _client("fedvpa-gp", users=4)
+    victim = users[1]
+    rows = np.concatenate([victim.train_rows, victim.heldout_rows])
+    donors = np.concatenate([users[3].train_rows, users[3].heldout_rows])[: len(rows)]
+    neighbour = pairs
+    for row, donor in zip(rows.tolist(), donors.tolist()):
+        neighbour = _replace_pair(neighbour, int(row), int(donor))
+    dp = DPSettings(noise_multiplier=0.0, clip=clip, sample_rate=1.0)
+    a = clipped_unit_gradients(model, pairs, users[:3], unit="user", train_cfg=SGD1, dp=dp,
+                               rng=np.random.default_rng(5))  # fmt: skip
+    b = clipped_unit_gradients(model, neighbour, users[:3], unit="user", train_cfg=SGD1, dp=dp,
+                               rng=np.random.default_rng(5))  # fmt: skip
+    assert a.grads.shape[0] == b.grads.shape[0] == 3 == a.units
+    norms = np.linalg.norm(np.concatenate([a.grads, b.grads]), axis=1)
+    assert float(norms.max()) <= clip * (1 + 1e-5)
+    if clip < 1e-3:  # every per-user gradient is larger: clipping is what bounds the change
+        assert float(norms.min()) == pytest.approx(clip, rel=1e-3)
+    changed = [i for i in range(3) if not np.allclose(a.grads[i], b.grads[i], atol=1e-12, rtol=0)]
+    assert changed == [1]
+    diff = float(np.linalg.norm(a.grads.sum(0) - b.grads.sum(0)))
+    assert 0 < diff <= 2 * clip * (1 + 1e-5)
