@@ -12,7 +12,7 @@ Layers, bottom to top (README "Architecture"); a module may import its own layer
     5  rounds/                                        the flwr-free round engine
     6  audit/
     7  fl/                                            Flower adapters
-    8  run, sweep
+    8  run, sweep, compare
     9  cli, api, __init__, __main__                   users
 """
 
