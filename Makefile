@@ -29,7 +29,8 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
 	$(VENV)/bin/securefvpa run examples/demo.toml --out $(DEMO_OUT) --baseline fedbtl
 
-# The same private recipe on real opinion groups (Polis, all 11 conversations, 3,431 users).
+# The same private recipe on real opinion groups (Polis, all 11 conversations, 3,431 users):
+# too few users for epsilon 8 per pair — it ends below non-private FedBTL (examples/polis_private.toml).
 demo-polis: $(STAMP)
 	$(VENV)/bin/securefvpa run examples/polis_private.toml --out runs/polis-$(shell date +%Y%m%d-%H%M%S) --baseline fedbtl
 
