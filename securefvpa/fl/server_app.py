@@ -121,6 +121,14 @@ class FlowerTransport:
         replies = self.send(
             [Message(content, dst_node_id=n, message_type=MSG_QUERY) for n in node_ids]
         )
+        if len(replies) < len(node_ids):
+            log.warning(
+                "only %d of %d nodes answered discovery within federation.round_timeout_s = %g s "
+                "(a busy machine can need more: raise it)",
+                len(replies),
+                len(node_ids),
+                self.cfg.federation.round_timeout_s,
+            )
         nodes = []
         for r in replies:
             if r.has_error():
