@@ -674,9 +674,6 @@ def flower_secaggplus_rounds(
     the mean update (FedAvg, server_lr): the workflow hands it the secure weighted mean of the
     updates in every result, so Flower's FedAvg re-averaging of n identical copies is skipped.
     """
-    import shutil
-    import tempfile
-
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
@@ -684,10 +681,9 @@ def flower_secaggplus_rounds(
     from flwr.server import LegacyContext, ServerApp, ServerConfig
     from flwr.server.strategy import FedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.simulation import run_simulation
 
     from securefvpa.data.load import load_dataset
-    from securefvpa.fl.launch import flower_env
+    from securefvpa.fl.launch import flower_env, simulate
     from securefvpa.fl.node import NodeResolver
     from securefvpa.rounds.encoding import resolve_clip_range
     from securefvpa.rounds.finish import initial_parameters
@@ -775,29 +771,7 @@ def flower_secaggplus_rounds(
         client_fn=lambda context: Trainer(context).to_client(), mods=[secaggplus_mod]
     )
     os.environ.update(flower_env(rd))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="sfvpa-ray-"))
-    try:
-        run_simulation(
-            server_app=server,
-            client_app=client,
-            num_supernodes=manifest.clients,
-            backend_config={
-                "client_resources": {
-                    "num_cpus": cfg.federation.num_cpus_per_client,
-                    "num_gpus": 0.0,
-                },
-                "init_args": {
-                    "num_cpus": os.cpu_count() or 1,
-                    "include_dashboard": False,
-                    "_temp_dir": str(ray_tmp),
-                    "logging_level": "ERROR",
-                    "log_to_driver": False,
-                },
-            },
-            verbose_logging=False,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    simulate(cfg, server_app=server, client_app=client, num_supernodes=manifest.clients)
     if len(clock.rounds) != rounds:
         raise RuntimeError(f"Flower's SecAgg+ ran {len(clock.rounds)} of {rounds} rounds")
     strategy = MeanUpdate.last

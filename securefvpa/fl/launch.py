@@ -91,29 +91,18 @@ def stop_leftover_processes(run_dir: RunDir, *, grace_s: float = 5.0) -> list[in
     return pids
 
 
-def run_simulation_mode(
-    cfg: RunConfig, run_dir: RunDir, *, resume: bool, client_app: Any = None
-) -> dict[str, Any]:
-    """Run every round in Flower's simulation engine (Ray backend), in this process; returns
-    the metrics the ServerApp wrote to ``metrics.json``. Processes a killed earlier attempt of
-    the same run left behind are stopped first; every process this one starts carries the
-    run's marker so that a later attempt can do the same."""
-    stop_leftover_processes(run_dir)
-    os.environ.update(flower_env(run_dir) | {RUN_MARK: run_mark(run_dir)})
+def simulate(cfg: RunConfig, *, server_app: Any, client_app: Any, num_supernodes: int) -> None:
+    """Flower's ``run_simulation`` with this project's Ray settings (``num_cpus_per_client`` per
+    actor, every core, no dashboard, quiet logs) in a private Ray temp dir removed afterwards.
+    The caller sets the environment (``flower_env``) first."""
     from flwr.simulation import run_simulation
 
-    from securefvpa.fl.client_app import make_client_app
-    from securefvpa.fl.server_app import make_server_app
-
-    manifest = read_manifest(run_dir)
-    results: list[dict[str, Any]] = []
-    server = make_server_app(run_dir.root, resume=resume, result_sink=results.append)
     ray_tmp = Path(tempfile.mkdtemp(prefix="sfvpa-ray-"))
     try:
         run_simulation(
-            server_app=server,
-            client_app=client_app or make_client_app(run_dir.nodes),
-            num_supernodes=manifest.clients,
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_supernodes,
             backend_config={
                 "client_resources": {
                     "num_cpus": cfg.federation.num_cpus_per_client,
@@ -131,6 +120,29 @@ def run_simulation_mode(
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def run_simulation_mode(
+    cfg: RunConfig, run_dir: RunDir, *, resume: bool, client_app: Any = None
+) -> dict[str, Any]:
+    """Run every round in Flower's simulation engine (Ray backend), in this process; returns
+    the metrics the ServerApp wrote to ``metrics.json``. Processes a killed earlier attempt of
+    the same run left behind are stopped first; every process this one starts carries the
+    run's marker so that a later attempt can do the same."""
+    stop_leftover_processes(run_dir)
+    os.environ.update(flower_env(run_dir) | {RUN_MARK: run_mark(run_dir)})
+    from securefvpa.fl.client_app import make_client_app
+    from securefvpa.fl.server_app import make_server_app
+
+    manifest = read_manifest(run_dir)
+    results: list[dict[str, Any]] = []
+    server = make_server_app(run_dir.root, resume=resume, result_sink=results.append)
+    simulate(
+        cfg,
+        server_app=server,
+        client_app=client_app or make_client_app(run_dir.nodes),
+        num_supernodes=manifest.clients,
+    )
     if not results:
         raise FederationError(
             "the simulation ended without a result; see the log above for the ServerApp error"
