@@ -671,10 +671,9 @@ def _secagg_at(n: int) -> dict[str, Any] | None:
 
 def noise_rows(dim: int, units_per_user: float) -> list[dict[str, Any]]:
     """``z C sqrt(d) / (q N)`` for the recipe's layouts, z from the run's own planner
-    (``secagg.ddg.plan``, as ``rounds.prepare.resolve_distributed`` calls it)."""
+    (``rounds.prepare.plan_distributed``, which ``resolve_distributed`` calls)."""
     from securefvpa.config import config_from_dict
-    from securefvpa.privacy.plan import planned_rounds
-    from securefvpa.secagg import ddg
+    from securefvpa.rounds.prepare import plan_distributed
 
     unseen = RECIPE["data"]["unseen_share"]
     rows = []
@@ -688,25 +687,10 @@ def noise_rows(dim: int, units_per_user: float) -> list[dict[str, Any]]:
         t = math.ceil(s.threshold * n_clients)
         z, err = float("nan"), None
         try:
-            plan = ddg.plan(
-                target_epsilon=p.target_epsilon,
-                delta=p.delta,
-                rounds=planned_rounds(cfg),
-                sample_rate=p.sample_rate,
-                clip=p.clip,
-                dim=dim,
-                threshold=t,
-                max_colluding=p.max_colluding_clients,
-                max_shares=n_clients,
+            z = plan_distributed(
+                cfg, delta=p.delta, sampled_clients=n_clients, dim=dim,
                 max_units=round(units_per_user * train_users),
-                wrap_bound=s.max_wrap_probability,
-                bits=s.bits,
-                block_size=s.rotation_block,
-                beta=s.rounding_beta,
-                relation=p.neighbouring_relation,
-            )
-            h = t - p.max_colluding_clients
-            z = math.sqrt(h) * plan.spec.local_sigma * plan.spec.gamma / p.clip
+            ).central_noise_multiplier  # fmt: skip
         except Exception as exc:  # a refused plan is a finding to report, not a crash
             err = f"{type(exc).__name__}: {exc}"
         noise = z * p.clip * math.sqrt(dim) / (p.sample_rate * units)

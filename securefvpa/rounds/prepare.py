@@ -115,10 +115,27 @@ def resolve_distributed(cfg: RunConfig, manifest: Manifest, delta: float) -> Dis
     when every unit of every sampled client is sampled (``manifest.units``). With
     ``privacy.noise_multiplier`` given (the central sigma), only the grid is chosen.
     """
+    n = clients_per_round(cfg, manifest.train_clients)
+    return plan_distributed(
+        cfg,
+        delta=delta,
+        sampled_clients=n,
+        dim=int(sum(manifest_param_sizes(cfg, manifest))),
+        max_units=max(1, sum(sorted(manifest.units, reverse=True)[:n])),
+    )
+
+
+def plan_distributed(
+    cfg: RunConfig, *, delta: float, sampled_clients: int, dim: int, max_units: int
+) -> DistributedParams:
+    """:func:`resolve_distributed` for given counts: ``sampled_clients`` per round,
+    ``dim`` trained coordinates, at most ``max_units`` units in one round's sum (benchmarks
+    project populations no manifest describes with it). Raises :class:`ConfigError` when
+    ``privacy.max_colluding_clients`` is not below the threshold."""
     from securefvpa.secagg import ddg
 
     p, s = cfg.privacy, cfg.secagg
-    n = clients_per_round(cfg, manifest.train_clients)
+    n = sampled_clients
     t = math.ceil(s.threshold * n)
     if p.max_colluding_clients >= t:
         raise ConfigError(
@@ -126,8 +143,6 @@ def resolve_distributed(cfg: RunConfig, manifest: Manifest, delta: float) -> Dis
             f"{n} clients per round) = {t}: with T >= t no honest noise share is guaranteed. "
             f"Found {p.max_colluding_clients}."
         )
-    dim = int(sum(manifest_param_sizes(cfg, manifest)))
-    max_units = max(1, sum(sorted(manifest.units, reverse=True)[:n]))
     if p.calibrate_sigma:
         out = ddg.plan(
             target_epsilon=p.target_epsilon,
