@@ -507,18 +507,18 @@ def _cmd_account(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sigma must be > 0. Found {args.sigma!r}.")
     if not 0.0 < args.delta < 1.0:
         raise ConfigError(f"--delta must be in (0, 1). Found {args.delta!r}.")
+    event = DpSgdEvent(
+        client_id="cli", round=0, noise_multiplier=args.sigma, sample_rate=args.q,
+        steps=args.steps, clip=1.0, relation=args.relation,
+    )
     if args.distributed:
-        return _account_distributed(args)
+        return _account_distributed(args, gaussian=event)
     given = [f for f in ("honest_shares", "dim", "gamma") if getattr(args, f) is not None]
     if given:
         raise ConfigError(
             f"--{given[0].replace('_', '-')} is for --distributed only; add --distributed or "
             "drop it."
         )
-    event = DpSgdEvent(
-        client_id="cli", round=0, noise_multiplier=args.sigma, sample_rate=args.q,
-        steps=args.steps, clip=1.0, relation=args.relation,
-    )
     choice = choose_discretization(
         noise_multiplier=args.sigma, sample_rate=args.q, steps=args.steps,
         relation=args.relation,
@@ -556,14 +556,13 @@ def _cmd_account(args: argparse.Namespace) -> int:
     return 0
 
 
-def _account_distributed(args: argparse.Namespace) -> int:
+def _account_distributed(args: argparse.Namespace, *, gaussian: Any) -> int:
     """``account --distributed``: T rounds of the distributed discrete Gaussian, by the DDG
-    bound (``privacy.ddg``), beside the continuous Gaussian with the same central noise
-    multiplier (what central DP would spend; the difference is the cost of rounding and of a
-    sum of discrete shares)."""
+    bound (``privacy.ddg``), beside ``gaussian`` — the continuous Gaussian event with the same
+    central noise multiplier (what central DP would spend; the difference is the cost of
+    rounding and of a sum of discrete shares)."""
     from securefvpa.privacy import ddg
     from securefvpa.privacy.accountant import epsilon
-    from securefvpa.privacy.events import DpSgdEvent
 
     missing = [f for f in ("honest_shares", "dim", "gamma") if getattr(args, f) is None]
     if missing:
@@ -585,11 +584,7 @@ def _account_distributed(args: argparse.Namespace) -> int:
         local_sigma=local_sigma, honest_shares=args.honest_shares, relation=args.relation,
     )
     eps_ddg = ddg.epsilon([rnd] * args.steps, delta=args.delta)
-    gauss = DpSgdEvent(
-        client_id="cli", round=0, noise_multiplier=args.sigma, sample_rate=args.q,
-        steps=args.steps, clip=1.0, relation=args.relation,
-    )
-    eps_gauss = epsilon([gauss], args.delta, accountant="rdp")
+    eps_gauss = epsilon([gaussian], args.delta, accountant="rdp")
     out = {
         "mechanism": "distributed discrete Gaussian",
         "q": args.q,
