@@ -45,44 +45,26 @@ CACHE = str(REPO / ".cache" / "securefvpa" / "embeddings")
 
 
 def base_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """The shared recipe (examples/private.toml is the same recipe at demo size)."""
-    return {
-        "seed": seed,
-        "data": {
-            "source": "synth",
-            "users": args.users,
-            "pairs_per_user": 16,
-            "heldout_pairs": 4,
-            "unseen_share": 0.2,
-        },
-        "embedding": {"cache_dir": CACHE},
-        "model": {"kind": "fedvpa-gp", "input_projection": 64, "hidden": 16,
-                  **json.loads(args.model)},
-        "train": {"lr": 1.0, "optimizer": "sgd", "context_pairs": 8, "target_pairs": 4},
-        "federation": {
-            "mode": "inprocess",
-            "rounds": args.rounds,
-            "local_steps": 1,
-            "users_per_client": args.users_per_client,
-            "type_mix": "mixed",
-            "fraction_fit": 1.0,
-            "min_fit_clients": 3,
-            "eval_every": args.rounds,
-            "local_batch_episodes": args.local_batch,
-            "server_optimizer": "fedadam",
-            "server_lr": 0.1,
-            **json.loads(args.federation),
-        },
-        "privacy": {
-            "enabled": True,
-            "noise": "distributed",
-            "unit": "pair",
-            "sample_rate": args.sample_rate,
-            "clip": args.clip,
-            "delta": 1e-5,
-        },
-        "secagg": {"enabled": True},
-    }
+    """The private recipe, read from ``examples/private.toml`` (the one place it is written),
+    run in process at this benchmark's size; privacy and secure aggregation as each cell sets."""
+    from securefvpa.config import read_toml
+
+    cfg = read_toml(REPO / "examples" / "private.toml")
+    cfg.pop("run_id", None)
+    cfg["seed"] = seed
+    cfg["data"]["users"] = args.users
+    cfg["embedding"] = {"cache_dir": CACHE}
+    cfg["model"].update(json.loads(args.model))
+    cfg["federation"].update(
+        mode="inprocess",
+        rounds=args.rounds,
+        eval_every=args.rounds,
+        users_per_client=args.users_per_client,
+        local_batch_episodes=args.local_batch,
+        **json.loads(args.federation),
+    )
+    cfg["privacy"].update(sample_rate=args.sample_rate, clip=args.clip)
+    return cfg
 
 
 def cells(quick: bool) -> list[tuple[str, dict[str, Any]]]:

@@ -68,39 +68,19 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 PLANNED_ROUNDS = 100  # the recipe's rounds: the noise is calibrated for these
-RECIPE: dict[str, Any] = {
-    "seed": 0,
-    "data": {
-        "source": "synth",
-        "users": 1000,
-        "pairs_per_user": 16,
-        "heldout_pairs": 4,
-        "unseen_share": 0.2,
-    },
-    "model": {"kind": "fedvpa-gp", "input_projection": 64, "hidden": 16},
-    "train": {"lr": 1.0, "optimizer": "sgd", "context_pairs": 8, "target_pairs": 4},
-    "federation": {
-        "mode": "inprocess",
-        "rounds": PLANNED_ROUNDS,
-        "local_steps": 1,
-        "users_per_client": 200,
-        "type_mix": "mixed",
-        "fraction_fit": 1.0,
-        "server_optimizer": "fedadam",
-        "server_lr": 0.1,
-    },
-    "privacy": {
-        "enabled": True,
-        "noise": "distributed",
-        "unit": "pair",
-        "sample_rate": 0.1,
-        "target_epsilon": 8.0,
-        "budget_epsilon": 8.0,
-        "delta": 1e-5,
-        "clip": 1.0,
-    },
-    "secagg": {"enabled": True},
-}
+def _recipe() -> dict[str, Any]:
+    """The private recipe, read from ``examples/private.toml`` (the one place it is written),
+    with this benchmark's size and engine: 1,000 users by default, in process."""
+    from securefvpa.config import read_toml
+
+    cfg = read_toml(REPO / "examples" / "private.toml")
+    cfg.pop("run_id", None)
+    cfg["data"]["users"] = 1000
+    cfg["federation"].update(mode="inprocess", rounds=PLANNED_ROUNDS)
+    return cfg
+
+
+RECIPE: dict[str, Any] = _recipe()
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,17 +21,14 @@ n_users = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 100
 users = securefvpa.generate_users(users=n_users, pairs_per_user=16, types=2, seed=0)
 securefvpa.write_records(out / "users.jsonl", users)  # your own data: the same JSONL schema
-result = securefvpa.run({
-    "data": {"source": "jsonl", "path": str(out / "users.jsonl"), "heldout_pairs": 4},
-    "model": {"kind": "fedvpa-gp", "input_projection": 64, "hidden": 16},
-    "train": {"optimizer": "sgd", "lr": 1.0, "context_pairs": 8, "target_pairs": 4},
-    "federation": {"mode": "inprocess", "rounds": rounds, "local_steps": 1, "eval_every": rounds,
-                   "users_per_client": max(2, n_users // 50), "type_mix": "mixed",
-                   "server_optimizer": "fedadam", "server_lr": 0.1},
-    "privacy": {"enabled": True, "noise": "distributed", "target_epsilon": 8.0,
-                "budget_epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "sample_rate": 0.1},
-    "secagg": {"enabled": True},
-}, out / "run")
+# The private recipe (examples/private.toml) on your own file, in process, at this size.
+recipe = Path(__file__).resolve().with_name("private.toml")
+result = securefvpa.run(recipe, out / "run", overrides={
+    "run_id": "quickstart",
+    "data.source": "jsonl", "data.path": str(out / "users.jsonl"),
+    "federation.mode": "inprocess", "federation.rounds": rounds, "federation.eval_every": rounds,
+    "federation.users_per_client": max(2, n_users // 50),  # 50 silo-style nodes
+})
 spent = json.loads(result.report_path.read_text())["summary"]
 print(f"epsilon spent: {spent['epsilon_max']:.2f} (delta 1e-05, budget 8), report {result.report_path}")
 print("accuracy on held-out pairs (chance 0.50):",

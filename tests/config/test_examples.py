@@ -61,3 +61,33 @@ def test_federated_example_uses_the_measured_best_drift_recipe() -> None:
         opts.get("client_optimizer", "adam"),
         opts.get("client_lr", cfg.train.lr),
     )
+
+
+# What makes the private recipe learn (examples/private.toml): every example that says it runs
+# the recipe must carry these values, so a change to the recipe cannot leave one behind.
+RECIPE_KEYS = {
+    "model": ("kind", "input_projection", "hidden", "latent_dim", "components", "beta"),
+    "train": ("optimizer", "lr", "context_pairs", "target_pairs"),
+    "federation": ("local_steps", "type_mix", "fraction_fit", "server_optimizer", "server_lr",
+                   "server_tau", "rounds"),
+    "privacy": ("noise", "unit", "neighbouring_relation", "delta", "clip", "sample_rate"),
+    "secagg": ("threshold",),
+}
+RECIPE_EXAMPLES = ("demo.toml", "polis_private.toml", "polis_private_sweep.toml",
+                   "population_sweep.toml")
+
+
+@pytest.mark.parametrize("name", RECIPE_EXAMPLES)
+def test_private_examples_carry_the_private_recipe(name: str) -> None:
+    from securefvpa.config import config_from_dict, read_toml
+
+    folder = EXAMPLES[0].parent
+    recipe = load_config(folder / "private.toml")
+    raw = read_toml(folder / name)
+    raw.pop("sweep", None)  # a sweep file's base run config
+    cfg = config_from_dict(raw)
+    for section, keys in RECIPE_KEYS.items():
+        for key in keys:
+            want = getattr(getattr(recipe, section), key)
+            got = getattr(getattr(cfg, section), key)
+            assert got == want, f"{name}: {section}.{key} = {got!r}, the recipe has {want!r}"
