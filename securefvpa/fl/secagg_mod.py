@@ -22,7 +22,10 @@ degree, threshold fraction, fixed-point spec) derived from its own run config an
 bounds in its node config — never from the server's message. The round state (secrets
 included) lives in the node's Flower state between messages and is deleted when the round ends
 or aborts. A client refuses a (session, round, attempt) it has already taken part in, so a
-server cannot replay an old protocol instance against it.
+server cannot replay an old protocol instance against it, and offers one local update to at most
+:data:`~securefvpa.secagg.client.MAX_INSTANCES_PER_INPUT` protocol instances
+(:func:`~securefvpa.secagg.client.admit_instance`), so a server that aborts instances to re-draw
+the SecAgg+ graph gets that many draws per update.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from securefvpa.fl.wire import (
     make_content,
 )
 from securefvpa.rounds.encoding import RoundCodec, client_policy
-from securefvpa.secagg import SecAggClient
+from securefvpa.secagg import SecAggClient, admit_instance
 from securefvpa.secagg.keys import load_identity, load_roster
 from securefvpa.secagg.messages import MessageType, peek_type
 
@@ -123,7 +126,10 @@ def _train_stage(
                 {k: np.asarray(v, dtype=np.float64) / w for k, v in arrays.items()}, w
             )
         context.state.array_records[RING_KEY] = arrays_to_record({RING: ring})
-        context.state.config_records[LENGTH_KEY] = ConfigRecord({"length": int(ring.size)})
+        # "instances": protocol instances this input was offered to (admit_instance)
+        context.state.config_records[LENGTH_KEY] = ConfigRecord(
+            {"length": int(ring.size), "instances": 0}
+        )
         if ins.secagg_payload is not None:
             if peek_type(ins.secagg_payload) != MessageType.ADVERTISE_KEYS_REQUEST:
                 _clear(context)
@@ -176,6 +182,12 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
                 raise ProtocolAbort("this (session, round) was already run here: replay refused")
             used["pairs"] = [*list(used["pairs"])[-63:], tag]
             context.state.config_records[USED_KEY] = used
+            # One input joins at most MAX_INSTANCES_PER_INPUT instances: a server that aborts
+            # rounds to re-draw the neighbour graph gets that many draws, then the input is
+            # discarded (ProtocolAbort below clears it). Counted before the instance starts.
+            meta = context.state.config_records[LENGTH_KEY]
+            meta["instances"] = admit_instance(int(meta.get("instances", 0)))  # type: ignore[arg-type]
+            context.state.config_records[LENGTH_KEY] = meta
             sac = SecAggClient(
                 node_id=client.partition.partition_id,
                 identity_key=identity,

@@ -15,10 +15,12 @@ from securefvpa.fl.node import NodeResolver
 from securefvpa.fl.secagg_mod import RING_KEY, make_secagg_mod
 from securefvpa.fl.wire import (
     CONFIG,
+    REPLY,
     SECAGG_REPLY,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
     Instruction,
+    ProtocolReply,
     get_config,
 )
 from securefvpa.rounds.engine import sample_nodes
@@ -180,24 +182,19 @@ def test_too_few_adverts_with_training_rekeys_and_sums_exactly(tmp_path, fed_con
             assert ring == "True", (pid, kind)
 
 
-def test_a_training_message_carries_only_the_advertise_keys_request(
-    tmp_path, fed_config, write_config
-):
-    """Driven directly, as a malicious server would: the advertise-keys request in a training
-    message is answered with the node's signed advert (and its round state kept); any other
-    request there is refused with ProtocolAbort and the node's state (its update) deleted."""
+def _one_node(tmp_path, fed_config, write_config):
+    """Node 0 of a small secure run, driven directly through the mod as a malicious server
+    would: ``(advert_request, send)``, where ``send(payload, context=None, *, stage, attempt)``
+    delivers one message and returns ``(reply, context)``."""
     from flwr.app import Metadata, RecordDict
 
-    from securefvpa.errors import ProtocolAbort
-    from securefvpa.fl.secagg_mod import STATE_KEY
     from securefvpa.fl.wire import make_content
     from securefvpa.rounds.encoding import session_id, vector_length
     from securefvpa.rounds.prepare import run_codec
     from securefvpa.rundir import read_node_config
     from securefvpa.secagg import SecAggServer
     from securefvpa.secagg.keys import load_roster
-    from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
-
+    
     cfg = load_config(
         write_config(fed_config(data={"users": 8, "unseen_share": 0.0}, secagg={"enabled": True}))
     )
@@ -217,17 +214,22 @@ def test_a_training_message_carries_only_the_advertise_keys_request(
         roster=load_roster(rd.roster),
     )
     advert_request = server.start()[0]
-    not_an_advert = MAGIC + bytes([VERSION, MessageType.MASKED_INPUT_REQUEST])
-    not_an_advert += bytes(HEADER_BYTES - len(not_an_advert))
     h = client_handlers(NodeResolver(rd.nodes))
     mod = make_secagg_mod(h.resolver)
 
-    def train(payload: bytes, context: Context | None = None):
+    def send(
+        payload: bytes,
+        context: Context | None = None,
+        *,
+        stage: str = STAGE_TRAIN,
+        attempt: int = 1,
+    ):
         ins = Instruction(
             round=1,
+            attempt=attempt,
             config_hash=node.config_hash,
             secagg=True,
-            secagg_stage=STAGE_TRAIN,
+            secagg_stage=stage,
             secagg_payload=payload,
             secagg_session=sid.hex(),
         )
@@ -253,6 +255,22 @@ def test_a_training_message_carries_only_the_advertise_keys_request(
             )
         return mod(msg, context, h.train), context
 
+    return advert_request, send
+
+
+def test_a_training_message_carries_only_the_advertise_keys_request(
+    tmp_path, fed_config, write_config
+):
+    """Driven directly, as a malicious server would: the advertise-keys request in a training
+    message is answered with the node's signed advert (and its round state kept); any other
+    request there is refused with ProtocolAbort and the node's state (its update) deleted."""
+    from securefvpa.errors import ProtocolAbort
+    from securefvpa.fl.secagg_mod import STATE_KEY
+    from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
+
+    advert_request, train = _one_node(tmp_path, fed_config, write_config)
+    not_an_advert = MAGIC + bytes([VERSION, MessageType.MASKED_INPUT_REQUEST])
+    not_an_advert += bytes(HEADER_BYTES - len(not_an_advert))
     reply, context = train(advert_request)
     assert SECAGG_REPLY in reply.content.config_records
     assert STATE_KEY in context.state.config_records
@@ -260,3 +278,23 @@ def test_a_training_message_carries_only_the_advertise_keys_request(
     with pytest.raises(ProtocolAbort, match="only the advertise-keys request"):
         train(not_an_advert, context)
     assert RING_KEY not in context.state.array_records  # the trained update is gone
+
+
+def test_one_update_joins_at_most_three_protocol_instances(tmp_path, fed_config, write_config):
+    """A server that aborts instances to re-draw the SecAgg+ graph (new attempts, each with a
+    fresh advertise-keys request against the same stored update) gets MAX_INSTANCES_PER_INPUT
+    instances; the next is refused with ProtocolAbort and the update is deleted."""
+    from securefvpa.errors import ProtocolAbort
+    from securefvpa.secagg.client import MAX_INSTANCES_PER_INPUT
+
+    advert_request, send = _one_node(tmp_path, fed_config, write_config)
+    reply, context = send(advert_request)  # instance 1 rides on the training message
+    assert SECAGG_REPLY in reply.content.config_records
+    for attempt in range(2, MAX_INSTANCES_PER_INPUT + 1):
+        reply, _ = send(advert_request, context, stage=STAGE_PROTOCOL, attempt=attempt)
+        advert = get_config(reply.content, REPLY, ProtocolReply).secagg_payload
+        assert peek_type(advert) == MessageType.ADVERTISE_KEYS_REPLY
+        assert RING_KEY in context.state.array_records
+    with pytest.raises(ProtocolAbort, match="already offered to 3 protocol instances"):
+        send(advert_request, context, stage=STAGE_PROTOCOL, attempt=MAX_INSTANCES_PER_INPUT + 1)
+    assert RING_KEY not in context.state.array_records  # the update is gone
