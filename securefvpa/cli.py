@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
                        metavar="KEY=VALUE",
                        help=_SET_HELP + " (sweep.* keys too, e.g. sweep.seeds=[0])")
+    sweep.add_argument("--keep-partitions", action="store_true",
+                       help="keep each finished cell's partitions/ (the clients' embedded "
+                       "pairs; deleted by default: only an unfinished run needs them)")
     sweep.add_argument("--dry-run", action="store_true",
                        help="list the cells and the skipped combinations, run nothing")
 
@@ -408,7 +411,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("sweep: --out DIR is required (only --dry-run runs without it)")
     _check_out_dir(args.out)
-    result = sweep.run_sweep(args.config, args.out, overrides=dict(args.overrides))
+    result = sweep.run_sweep(args.config, args.out, overrides=dict(args.overrides),
+                             keep_partitions=args.keep_partitions)
     cols = ("model", "epsilon", "unit", "noise", "users", "pairs_per_user", "seeds",
             "accuracy_unseen", "accuracy_seen", "mi_bits", "gap_closed")
     print("\t".join(cols))

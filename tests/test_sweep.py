@@ -79,6 +79,8 @@ def test_tiny_sweep_writes_tables_plots_and_groups(tmp_path):
     assert [r["cell_id"] for r in doc["rows"]] == [r["cell_id"] for r in rows]
     for r in rows:  # each row is its cell's metrics (DP: the nodes' own evaluation logs)
         cell = out / "cells" / r["cell_id"]
+        assert not (cell / "partitions").exists()  # the clients' data copies are deleted
+        assert (cell / "manifest.json").is_file()
         m = evaluated_metrics(cell, json.loads((cell / "metrics.json").read_text()))
         assert float(r["accuracy_unseen"]) == m["accuracy"]["unseen_users"]
         assert float(r["mi_bits"]) == m["latent"]["mutual_information_bits"]
@@ -158,6 +160,8 @@ def test_killed_sweep_continues_and_skips_finished_cells(tmp_path):
     second = out / "cells" / "synth-oracle-epsinf-u16-p16-s0"
     assert (first / "metrics.json").is_file()
     assert (second / "server_state.npz").is_file() and not (second / "metrics.json").exists()
+    assert not (first / "partitions").exists()  # finished: its clients' data copies deleted
+    assert (second / "partitions").is_dir()  # unfinished: kept for the resume
     assert not (out / "results.csv").exists()
     mtime = (first / "metrics.json").stat().st_mtime_ns
 
@@ -177,11 +181,12 @@ def test_killed_sweep_continues_and_skips_finished_cells(tmp_path):
     (second / "manifest.json").unlink()
     stale = out / "cells" / first.name / "config.resolved.toml"
     stale.write_text(stale.read_text().replace("rounds = 2", "rounds = 3"))
-    run_sweep(cfg, out)
+    run_sweep(cfg, out, keep_partitions=True)
     log = (out / "sweep.log").read_text()
     assert "holds another config's run; moved to" in log
     assert (out / "stale" / f"{first.name}.1" / "metrics.json").is_file()
     assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
+    assert (first / "partitions").is_dir() and (second / "partitions").is_dir()  # kept
 
 
 @pytest.mark.parametrize(
