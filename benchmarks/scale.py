@@ -217,7 +217,8 @@ def timed_client_app(nodes_dir: Path, log_dir: str, node_cache: int = 0) -> Any:
     JSON line per message in ``log_dir/<pid>.jsonl`` (kind, seconds, node-cache misses).
 
     ``node_cache > 0`` is an experiment, never the production setting: each actor's cache of
-    loaded nodes (``fl.node._node_from_file``, an LRU of 8 nodes) gets that many entries."""
+    loaded nodes (``fl.node._node_from_file``, an LRU bounded by ``fl.node.NODE_CACHE_BYTES``
+    of node data) gets a budget of that many MiB instead."""
     from flwr.clientapp import ClientApp
 
     from securefvpa.fl.client_app import client_handlers
@@ -230,9 +231,8 @@ def timed_client_app(nodes_dir: Path, log_dir: str, node_cache: int = 0) -> Any:
     def resize_cache() -> None:
         from securefvpa.fl import node as node_mod
 
-        fn = node_mod._node_from_file
-        if node_cache and fn.cache_info().maxsize != node_cache:
-            node_mod._node_from_file = functools.lru_cache(maxsize=node_cache)(fn.__wrapped__)
+        if node_cache:
+            node_mod._node_from_file.budget = node_cache << 20
 
     def record(kind: str, rnd: int, seconds: float) -> None:
         from securefvpa.fl import node as node_mod
@@ -895,8 +895,8 @@ def main() -> None:
     p.add_argument(
         "--node-cache",
         default="",
-        help="experiment: also run simulation cases with this per-actor node cache size "
-        "(comma-separated user counts:size, e.g. 5000:32)",
+        help="experiment: also run simulation cases with this per-actor node cache budget "
+        "in MiB (comma-separated user counts:MiB, e.g. 5000:64)",
     )
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: the user's)")
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")

@@ -61,6 +61,13 @@ class EmbeddedPairs:
     def dim(self) -> int:
         return int(self.prompt.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the numeric arrays (the embeddings dominate: 3 x N x d x itemsize)."""
+        return int(sum(getattr(self, name).nbytes for name in (
+            "prompt", "chosen", "rejected", "chosen_len", "rejected_len", "user_index",
+            "type_index", "controversial")))
+
     def subset(self, rows: IntArray) -> EmbeddedPairs:
         """Rows ``rows`` (user and type names kept, so indices stay meaningful)."""
         return EmbeddedPairs(

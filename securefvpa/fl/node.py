@@ -12,9 +12,11 @@ constant time with the node's own.
 
 from __future__ import annotations
 
-import functools
 import hmac
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 from flwr.app import Context
 
@@ -23,11 +25,62 @@ from securefvpa.fl.wire import NODE_CONFIG_KEY, PARTITION_KEY
 from securefvpa.rundir import NodeConfig, RunDir, read_node_config
 from securefvpa.train.client import ClientNode, load_node
 
+NODE_CACHE_BYTES = 2 << 30
+"""Data bytes of loaded nodes one ClientApp process keeps (a Flower simulation actor serves
+many nodes; a SuperNode's app one). A count-bounded LRU of 8 thrashed over 25 nodes of 200 users
+(5,000 users): every secure-aggregation message reloaded its node, 0.35-0.65 s each
+(``benchmarks/scale.py``). Bounded by bytes, 5,000 users on 25 nodes (~15 MB each) and 20,000
+users on 10 nodes (~150 MB each, ``make demo``) stay loaded."""
 
-@functools.lru_cache(maxsize=8)
-def _node_from_file(path: str) -> tuple[NodeConfig, ClientNode]:
-    node = read_node_config(path)
-    return node, load_node(node)
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    maxsize: int  # bytes
+    currsize: int  # nodes kept
+
+
+class _NodeCache:
+    """Least-recently-used loaded nodes, bounded by their data's bytes (at least one is kept).
+
+    ``functools.lru_cache`` bounds entries by count, and nodes differ in size by orders of
+    magnitude (a user per node, thousands per node), so the bound here is bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._nodes: OrderedDict[str, tuple[NodeConfig, ClientNode, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __call__(self, path: str) -> tuple[NodeConfig, ClientNode]:
+        with self._lock:
+            if path in self._nodes:
+                self._nodes.move_to_end(path)
+                self.hits += 1
+                node, client, _ = self._nodes[path]
+                return node, client
+            self.misses += 1
+        node = read_node_config(path)
+        client = load_node(node)
+        size = client.partition.pairs.nbytes
+        with self._lock:
+            self._nodes[path] = (node, client, size)
+            total = sum(n for _, _, n in self._nodes.values())
+            while total > self.budget and len(self._nodes) > 1:
+                _, (_, _, freed) = self._nodes.popitem(last=False)
+                total -= freed
+        return node, client
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self.hits, self.misses, self.budget, len(self._nodes))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._nodes.clear()
+            self.hits = self.misses = 0
+
+
+_node_from_file = _NodeCache(NODE_CACHE_BYTES)
 
 
 class NodeResolver:
