@@ -53,7 +53,10 @@ Outputs (rewritten after every sweep, also when every cell was already finished)
   (acc_model − acc_BTL) / (acc_oracle − acc_BTL) on unseen users, against the BTL and oracle
   cells of the same data set, users, pairs per user, axes, seed *and* privacy setting (ε, unit,
   noise), empty when one is missing or when the oracle does not beat BTL; ``gain_kept`` is the
-  model's gain over BTL at this ε divided by its gain at ε = inf (same key otherwise).
+  model's gain over BTL at this ε divided by its gain at ε = inf (same key otherwise): the
+  personalization gain each at equal privacy; ``gain_kept_vs_nonprivate_btl`` is the stricter
+  (model at ε − BTL at ε = inf) / (model − BTL, both at ε = inf): what a user gains over the
+  non-private baseline, as ``securefvpa run --baseline fedbtl`` reports it.
 * ``results_by_group.csv``: one row per cell and group of user types (Polis: conversation), from
   the last evaluation's ``by_group`` section (``rounds.evaluation.group_metrics``): accuracy per
   role, MI and active components within the group, and the group's gap closed.
@@ -128,6 +131,7 @@ RESULT_COLUMNS = (
     "active_components",
     "gap_closed",
     "gain_kept",
+    "gain_kept_vs_nonprivate_btl",
     "seconds",  # wall seconds of the run() call that finished the cell (data included)
     "seconds_per_round",  # mean wall seconds of rounds 1.. (evaluation included)
     "resumed",
@@ -161,6 +165,7 @@ SUMMARY_METRICS = (
     "active_components",
     "gap_closed",
     "gain_kept",
+    "gain_kept_vs_nonprivate_btl",
     "epsilon_spent",
     "seconds_per_round",
 )
@@ -693,6 +698,7 @@ def cell_row(cell: Cell, metrics: dict[str, Any], record: dict[str, Any]) -> dic
         "active_components": latent.get("active_components"),
         "gap_closed": None,
         "gain_kept": None,
+        "gain_kept_vs_nonprivate_btl": None,
         "seconds": record.get("seconds"),
         "seconds_per_round": sum(r.get("wall_seconds", 0.0) for r in rounds) / len(rounds)
         if rounds
@@ -724,6 +730,9 @@ def _fill_gaps(cells: list[Cell], rows: list[dict[str, Any]]) -> None:
                 gain_off = off["accuracy_unseen"] - off_btl["accuracy_unseen"]
                 if gain_off > 0:
                     r["gain_kept"] = (r["accuracy_unseen"] - btl) / gain_off
+                    r["gain_kept_vs_nonprivate_btl"] = (
+                        r["accuracy_unseen"] - off_btl["accuracy_unseen"]
+                    ) / gain_off
 
 
 def _group_rows(
@@ -855,6 +864,8 @@ def write_results(
         "gap_closed": "(acc - acc_BTL) / (acc_oracle - acc_BTL), unseen users, same data set, "
         "users, pairs per user, axes, seed and privacy setting",
         "gain_kept": "(acc - acc_BTL) at this epsilon / (acc - acc_BTL) at epsilon = inf",
+        "gain_kept_vs_nonprivate_btl": "(acc at this epsilon - acc_BTL at epsilon = inf) / "
+        "(acc - acc_BTL) at epsilon = inf",
         "rows": rows,
         "rows_by_group": group_rows,
         "summary": summary,

@@ -99,6 +99,17 @@ def test_tiny_sweep_writes_tables_plots_and_groups(tmp_path):
             assert float(r["gap_closed"]) == pytest.approx(want)
         else:
             assert r["gap_closed"] == ""
+        # gain kept: against BTL at the same epsilon, and against non-private BTL
+        acc = float(r["accuracy_unseen"])
+        off = float(by[model, "inf", seed]["accuracy_unseen"])
+        off_btl = float(by["btl", "inf", seed]["accuracy_unseen"])
+        if eps != "inf" and model != "btl" and off > off_btl:
+            assert float(r["gain_kept"]) == pytest.approx((acc - btl) / (off - off_btl))
+            assert float(r["gain_kept_vs_nonprivate_btl"]) == pytest.approx(
+                (acc - off_btl) / (off - off_btl)
+            )
+        else:
+            assert r["gain_kept"] == r["gain_kept_vs_nonprivate_btl"] == ""
     # per conversation: two groups per cell whose pairs add up to the cell's pairs
     groups = _csv(out / "results_by_group.csv")
     assert {g["group"] for g in groups} == {"conv0", "conv1"}
