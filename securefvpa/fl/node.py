@@ -31,6 +31,7 @@ many nodes; a SuperNode's app one). A count-bounded LRU of 8 thrashed over 25 no
 (5,000 users): every secure-aggregation message reloaded its node, 0.35-0.65 s each
 (``benchmarks/scale.py``). Bounded by bytes, 5,000 users on 25 nodes (~15 MB each) and 20,000
 users on 10 nodes (~150 MB each, ``make demo``) stay loaded."""
+NODE_CACHE_ENTRIES = 1024  # and at most this many nodes (the small objects beside the data)
 
 
 class CacheInfo(NamedTuple):
@@ -41,13 +42,15 @@ class CacheInfo(NamedTuple):
 
 
 class _NodeCache:
-    """Least-recently-used loaded nodes, bounded by their data's bytes (at least one is kept).
+    """Least-recently-used loaded nodes, bounded by their data's bytes and by ``entries`` (at
+    least one is kept).
 
     ``functools.lru_cache`` bounds entries by count, and nodes differ in size by orders of
     magnitude (a user per node, thousands per node), so the bound here is bytes."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, entries: int = NODE_CACHE_ENTRIES) -> None:
         self.budget = budget
+        self.entries = entries
         self._nodes: OrderedDict[str, tuple[NodeConfig, ClientNode, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -66,7 +69,9 @@ class _NodeCache:
         with self._lock:
             self._nodes[path] = (node, client, size)
             total = sum(n for _, _, n in self._nodes.values())
-            while total > self.budget and len(self._nodes) > 1:
+            while len(self._nodes) > 1 and (
+                total > self.budget or len(self._nodes) > self.entries
+            ):
                 _, (_, _, freed) = self._nodes.popitem(last=False)
                 total -= freed
         return node, client

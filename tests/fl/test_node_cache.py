@@ -39,6 +39,13 @@ def test_nodes_stay_loaded_within_the_byte_budget_and_the_least_recent_leaves(
     cache(paths[1])
     assert cache.cache_info().misses == misses + 1  # node 1 was evicted: loaded again
 
+    two = _NodeCache(1 << 40, entries=2)  # the count bound holds too
+    for p in paths[:3]:
+        two(p)
+    assert two.cache_info().currsize == 2
+    two(paths[0])
+    assert two.cache_info().misses == 4  # node 0 was the least recent: evicted, loaded again
+
     tiny = _NodeCache(1)  # smaller than any node: the last one loaded is still kept
     tiny(paths[0])
     tiny(paths[0])
