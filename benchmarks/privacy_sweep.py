@@ -6,8 +6,8 @@ One line per model, unit and ε (ε = ∞ once per model): unseen- and seen-user
 Student t intervals over seeds, the FedBTL→oracle gap closed, the non-private gain kept, MI
 (bits) and active components of the latent, ε spent and seconds per round. Everything comes from
 the sweep's own ``summary.csv`` and ``results.csv`` (``securefvpa/sweep.py`` defines the
-columns); the JSON keeps both, plus ``summary_by_group.csv`` when the data set has groups (Polis
-conversations), so a reader can recompute any number here.
+columns); the JSON keeps both, plus the rows of ``summary_by_group.csv`` at ε = 8 and ∞ when the
+data set has groups (Polis conversations), so a reader can recompute any number here.
 
 Examples: ``examples/population_sweep.toml`` (generated users) and
 ``examples/polis_private_sweep.toml`` (Polis).
@@ -85,7 +85,10 @@ def table(sweep_dir: Path) -> dict[str, Any]:
         "sweep_dir": str(sweep_dir),
         "summary": summary,
         "rows": _read(sweep_dir / "results.csv"),
-        "summary_by_group": _read(sweep_dir / "summary_by_group.csv"),
+        # per group (Polis conversation) at epsilon 8 and without DP only: the file stays small
+        "summary_by_group": [
+            g for g in _read(sweep_dir / "summary_by_group.csv") if g["epsilon"] in ("8", "inf")
+        ],
     }
 
 
@@ -96,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     result = table(args.sweep_dir)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(result, separators=(",", ":")) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
 
 
