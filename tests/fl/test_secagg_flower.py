@@ -194,7 +194,7 @@ def _one_node(tmp_path, fed_config, write_config):
     from securefvpa.rundir import read_node_config
     from securefvpa.secagg import SecAggServer
     from securefvpa.secagg.keys import load_roster
-    
+
     cfg = load_config(
         write_config(fed_config(data={"users": 8, "unseen_share": 0.0}, secagg={"enabled": True}))
     )
