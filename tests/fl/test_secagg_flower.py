@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Context, Message
@@ -116,8 +118,8 @@ def test_dropout_during_secure_aggregation_is_recovered(tmp_path, fed_config, wr
 
 def _advert_losing_client_app(nodes_dir, victims: set[int], log_path) -> ClientApp:
     """The real ClientApp, but the key adverts that partitions ``victims`` send with their
-    training replies are lost; every node logs, per protocol request, whether its plain ring
-    vector is still in its state."""
+    training replies are lost; every node logs, per protocol request, whether its ring vector
+    is still held (its key in the node's state or its sealed file on disk)."""
     h = client_handlers(NodeResolver(nodes_dir))
     app = ClientApp()
     app.query()(h.query)
@@ -129,7 +131,9 @@ def _advert_losing_client_app(nodes_dir, victims: set[int], log_path) -> ClientA
         if ins.secagg_stage == STAGE_PROTOCOL:
             kind = peek_type(ins.secagg_payload).name
             with open(log_path, "a") as f:
-                f.write(f"{pid} {kind} {RING_KEY in context.state.array_records}\n")
+                held = RING_KEY in context.state.config_records
+                held |= any(nodes_dir.glob(f".secagg-ring-{pid}-*"))  # its sealed file
+                f.write(f"{pid} {kind} {held}\n")
         reply = call_next(msg, context)
         if ins.secagg_stage == STAGE_TRAIN and pid in victims and not reply.has_error():
             assert SECAGG_REPLY in reply.content.config_records  # the advert was there
@@ -274,10 +278,10 @@ def test_a_training_message_carries_only_the_advertise_keys_request(
     reply, context = train(advert_request)
     assert SECAGG_REPLY in reply.content.config_records
     assert STATE_KEY in context.state.config_records
-    assert RING_KEY in context.state.array_records
+    assert RING_KEY in context.state.config_records
     with pytest.raises(ProtocolAbort, match="only the advertise-keys request"):
         train(not_an_advert, context)
-    assert RING_KEY not in context.state.array_records  # the trained update is gone
+    assert RING_KEY not in context.state.config_records  # the trained update is gone
 
 
 def test_one_update_joins_at_most_three_protocol_instances(tmp_path, fed_config, write_config):
@@ -294,7 +298,67 @@ def test_one_update_joins_at_most_three_protocol_instances(tmp_path, fed_config,
         reply, _ = send(advert_request, context, stage=STAGE_PROTOCOL, attempt=attempt)
         advert = get_config(reply.content, REPLY, ProtocolReply).secagg_payload
         assert peek_type(advert) == MessageType.ADVERTISE_KEYS_REPLY
-        assert RING_KEY in context.state.array_records
+        assert RING_KEY in context.state.config_records
     with pytest.raises(ProtocolAbort, match="already offered to 3 protocol instances"):
         send(advert_request, context, stage=STAGE_PROTOCOL, attempt=MAX_INSTANCES_PER_INPUT + 1)
-    assert RING_KEY not in context.state.array_records  # the update is gone
+    assert RING_KEY not in context.state.config_records  # the update is gone
+
+
+def test_the_waiting_update_is_sealed_on_the_node_not_in_its_flower_state(
+    tmp_path, fed_config, write_config
+):
+    """Between training and the masked-input request the ring vector is not in the node's
+    Flower state (which simulation ships with every message) but in an owner-only file of the
+    node's directory, AES-GCM sealed under a key kept in that state: altered bytes, a file
+    swapped for another node's stash, or a missing file abort with ProtocolAbort; a new training
+    message deletes the old stash; an abort deletes the file."""
+    import os
+    import stat
+
+    from securefvpa.errors import ProtocolAbort
+    from securefvpa.fl.secagg_mod import _take_ring
+    from securefvpa.rundir import read_node_config
+    from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
+
+    advert_request, train = _one_node(tmp_path, fed_config, write_config)
+    reply, context = train(advert_request)
+    assert SECAGG_REPLY in reply.content.config_records
+    assert len(context.state.array_records) == 0  # nothing megabyte-sized rides along
+    rec = context.state.config_records[RING_KEY]
+    path = Path(str(rec["path"]))
+    node = read_node_config(next(tmp_path.glob("run/nodes/node_00000.toml")))
+    assert path.parent == Path(node.eval_log).parent
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    ring = _take_ring(context, node)
+    assert ring.size == int(rec["size"]) and ring.dtype.name == str(rec["dtype"])
+    sealed = path.read_bytes()
+    assert ring.tobytes() not in sealed  # ciphertext, not the vector
+    # altered bytes
+    path.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    with pytest.raises(ProtocolAbort, match="failed authentication"):
+        _take_ring(context, node)
+    # the same bytes under another record (another round's key, a swapped file)
+    path.write_bytes(sealed)
+    other = dict(rec)
+    other["token"] = "0" * 32
+    context.state.config_records[RING_KEY] = type(rec)(other)
+    with pytest.raises(ProtocolAbort, match="failed authentication"):
+        _take_ring(context, node)
+    context.state.config_records[RING_KEY] = rec
+    # the next training message replaces the stash: the old file is deleted
+    _, context2 = train(advert_request)
+    assert not path.exists()
+    new_path = Path(str(context2.state.config_records[RING_KEY]["path"]))
+    assert new_path.exists()
+    new_path.unlink()
+    with pytest.raises(ProtocolAbort, match="cannot be read"):
+        _take_ring(context2, node)
+    # an abort deletes the stash
+    _, context3 = train(advert_request)
+    third = Path(str(context3.state.config_records[RING_KEY]["path"]))
+    not_an_advert = MAGIC + bytes([VERSION, MessageType.MASKED_INPUT_REQUEST])
+    not_an_advert += bytes(HEADER_BYTES - len(not_an_advert))
+    with pytest.raises(ProtocolAbort):
+        train(not_an_advert, context3)
+    assert not third.exists() and RING_KEY not in context3.state.config_records
+    assert not list(third.parent.glob(".secagg-ring-*"))  # nor the refused round's stash
