@@ -63,7 +63,6 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
-from securefvpa.fsutil import atomic_write
 from securefvpa.rounds.encoding import RoundCodec, client_policy
 from securefvpa.rundir import NodeConfig
 from securefvpa.secagg import SecAggClient, admit_instance
@@ -98,7 +97,11 @@ def _stash_ring(context: Context, node: NodeConfig, ring: np.ndarray) -> None:
     dtype = np.dtype(ring.dtype).name
     aad = f"securefvpa ring {node.partition_id} {token} {dtype} {ring.size}".encode()
     sealed = seal(key, os.urandom(12), np.ascontiguousarray(ring).tobytes(), aad)
-    atomic_write(path, lambda fh: fh.write(sealed))  # mkstemp: mode 0600, owner only
+    # Owner-only, never an existing file (O_EXCL), and no fsync: after a crash the key is gone
+    # with the node's state, so a durable or even complete file would be of no use.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(sealed)
     context.state.config_records[RING_KEY] = ConfigRecord(
         {"path": str(path), "key": key, "token": token, "dtype": dtype, "size": int(ring.size)}
     )
