@@ -19,10 +19,11 @@ all others pass through.
 Where the vector waits: not in the node's Flower state, which Flower's simulation engine ships
 to and from a Ray actor with every message (13 ms per node per message at d = 10^6, measured in
 ``benchmarks/secagg.py``), but in a file in the node's own directory, sealed with AES-256-GCM
-under a fresh key that lives only in the node's state (:func:`_stash_ring`). The file alone
-reveals nothing (a crash leaves ciphertext whose key is gone), an altered or swapped file fails
-authentication (:class:`ProtocolAbort`), and the file is deleted once masked, when the round
-aborts, and at the node's next training message.
+under a fresh key that lives only in the node's state (:func:`_stash_ring`); the file's path is
+rebuilt from the node's config, the run and a random token, never read from the state. The
+file alone reveals nothing (a crash leaves ciphertext whose key is gone), an altered or swapped
+file fails authentication (:class:`ProtocolAbort`), and the file is deleted once masked, when
+the round aborts, and at the node's next training message in the same run.
 
 Everything that decides what the client accepts comes from the client's side — its identity
 key and roster (paths from its node config), and the policy (ring bits, vector length, graph
@@ -71,74 +72,107 @@ from securefvpa.secagg.messages import MessageType, peek_type
 from securefvpa.secagg.primitives import open_sealed, seal
 
 STATE_KEY = "secagg-round"  # ConfigRecord: the protocol client's state (secret)
-# ConfigRecord: where this round's sealed ring vector is and its key (secret; gone once masked)
+# ConfigRecord: the key and file token of this round's sealed ring vector (secret; gone once
+# masked). The file's path is rebuilt from the node's own config, never read from the state.
 RING_KEY = "secagg-ring"
 LENGTH_KEY = "secagg-length"  # ConfigRecord: the ring vector's length (public)
 USED_KEY = "secagg-used"  # ConfigRecord: (session, round) pairs already taken part in
 _RING_DTYPES = ("uint32", "uint64")  # the ring's words (secagg.bits 32 or 64)
 _STASH_PREFIX = ".secagg-ring-"
+_TOKEN_HEX = 32  # a 128-bit random file token, in hex
 
 
 def _stash_dir(node: NodeConfig) -> Path:
-    """The node's own directory: beside its evaluation log, else beside its identity key."""
-    return Path(node.eval_log or node.identity).parent
+    """The node's own directory: beside its evaluation log, else beside its identity key; it
+    must be absolute (a relative one would follow the process's working directory)."""
+    own = node.eval_log or node.identity
+    if not own or not Path(own).is_absolute():
+        raise ProtocolAbort(
+            "this node's config names no absolute eval_log or identity path: no directory of "
+            "its own to keep its sealed update in"
+        )
+    return Path(own).parent
+
+
+def _stash_name(run_id: int, partition_id: int, token: str) -> str:
+    return f"{_STASH_PREFIX}{run_id}-{partition_id}-{token}"
+
+
+def _drop_stashes(context: Context, node: NodeConfig) -> None:
+    """Delete every stash of this node in this run (never another run's or another node's)."""
+    with contextlib.suppress(OSError, ProtocolAbort):
+        for old in _stash_dir(node).glob(_stash_name(context.run_id, node.partition_id, "*")):
+            old.unlink(missing_ok=True)
 
 
 def _stash_ring(context: Context, node: NodeConfig, ring: np.ndarray) -> None:
-    """Seal ``ring`` (AES-256-GCM, fresh key and file name) into a file of the node's own
-    directory; only the key and the file name go into the node's state (``RING_KEY``).
-
-    Any earlier stash of this node (a crashed or abandoned round) is deleted first."""
+    """Seal ``ring`` (AES-256-GCM under a fresh key; associated data: run, node, file token,
+    word type, length) into a new owner-only file of the node's own directory; only the key
+    and the token go into the node's state (``RING_KEY``). Earlier stashes of this node in
+    this run (a crashed or abandoned round) are deleted first."""
     directory = _stash_dir(node)
-    for old in directory.glob(f"{_STASH_PREFIX}{node.partition_id}-*"):
-        old.unlink(missing_ok=True)
-    key, token = os.urandom(32), os.urandom(16).hex()
-    path = directory / f"{_STASH_PREFIX}{node.partition_id}-{token}"
+    _drop_stashes(context, node)
+    key, token = os.urandom(32), os.urandom(_TOKEN_HEX // 2).hex()
     dtype = np.dtype(ring.dtype).name
-    aad = f"securefvpa ring {node.partition_id} {token} {dtype} {ring.size}".encode()
+    aad = _associated_data(context, node, token, dtype, int(ring.size))
     sealed = seal(key, os.urandom(12), np.ascontiguousarray(ring).tobytes(), aad)
     # Owner-only, never an existing file (O_EXCL), and no fsync: after a crash the key is gone
     # with the node's state, so a durable or even complete file would be of no use.
+    path = directory / _stash_name(context.run_id, node.partition_id, token)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(sealed)
     context.state.config_records[RING_KEY] = ConfigRecord(
-        {"path": str(path), "key": key, "token": token, "dtype": dtype, "size": int(ring.size)}
+        {"key": key, "token": token, "dtype": dtype, "size": int(ring.size)}
     )
 
 
+def _associated_data(
+    context: Context, node: NodeConfig, token: str, dtype: str, size: int
+) -> bytes:
+    return f"securefvpa ring {context.run_id} {node.partition_id} {token} {dtype} {size}".encode()
+
+
 def _take_ring(context: Context, node: NodeConfig) -> np.ndarray:
-    """Open the stash ``RING_KEY`` names, or raise :class:`ProtocolAbort` (missing, altered,
-    swapped or from another round)."""
+    """Open this node's stash, or raise :class:`ProtocolAbort` (record missing or malformed;
+    file missing, altered, or another node's, run's or round's)."""
     rec = context.state.config_records.get(RING_KEY)
     if rec is None:
         raise ProtocolAbort("masked input requested, but this node's input is gone")
-    path, token, dtype = str(rec["path"]), str(rec["token"]), str(rec["dtype"])
-    size = int(rec["size"])  # type: ignore[arg-type]
-    if dtype not in _RING_DTYPES:
-        raise ProtocolAbort(f"stored ring vector has an unknown word type {dtype!r}")
-    aad = f"securefvpa ring {node.partition_id} {token} {dtype} {size}".encode()
+    key, token, dtype, size = rec.get("key"), rec.get("token"), rec.get("dtype"), rec.get("size")
+    if not (
+        isinstance(key, bytes)
+        and len(key) == 32
+        and isinstance(token, str)
+        and len(token) == _TOKEN_HEX
+        and all(ch in "0123456789abcdef" for ch in token)
+        and dtype in _RING_DTYPES
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+    ):
+        raise ProtocolAbort("this node's record of its sealed input is malformed")
+    path = _stash_dir(node) / _stash_name(context.run_id, node.partition_id, token)
     try:
-        sealed = Path(path).read_bytes()
+        sealed = path.read_bytes()
     except OSError as exc:
-        raise ProtocolAbort(f"this node's sealed input {path} cannot be read: {exc}") from exc
+        raise ProtocolAbort(f"this node's sealed input cannot be read ({exc.strerror})") from exc
     try:
-        plain = open_sealed(bytes(rec["key"]), sealed, aad)  # type: ignore[arg-type]
+        plain = open_sealed(key, sealed, _associated_data(context, node, token, str(dtype), size))
     except ProtocolAbort as exc:
-        raise ProtocolAbort(f"this node's sealed input {path} failed authentication") from exc
-    ring = np.frombuffer(plain, dtype=dtype)
+        raise ProtocolAbort("this node's sealed input failed authentication") from exc
+    ring = np.frombuffer(plain, dtype=str(dtype))
     if ring.size != size:  # pragma: no cover - the size is authenticated
-        raise ProtocolAbort(f"this node's sealed input {path} has {ring.size} words, not {size}")
+        raise ProtocolAbort(f"this node's sealed input has {ring.size} words, not {size}")
     return ring
 
 
-def _clear(context: Context) -> None:
+def _clear(context: Context, node: NodeConfig) -> None:
+    """Forget this node's round: protocol state, the stash's key, the stash file(s)."""
     context.state.config_records.pop(STATE_KEY, None)
     context.state.config_records.pop(LENGTH_KEY, None)
-    rec = context.state.config_records.pop(RING_KEY, None)
-    if rec is not None:
-        with contextlib.suppress(OSError):
-            Path(str(rec["path"])).unlink(missing_ok=True)
+    context.state.config_records.pop(RING_KEY, None)
+    _drop_stashes(context, node)
 
 
 def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
@@ -166,7 +200,7 @@ def _train_stage(
     call_next: ClientAppCallable,
     resolver: NodeResolver,
 ) -> Message:
-    """Run the local round and keep its ring vector in the node's own state (nothing leaves).
+    """Run the local round and keep its ring vector on the node, sealed (nothing leaves).
 
     Distributed noise: the round already produced the ring vector (rounded units + this
     client's noise share). Otherwise the weighted update is encoded here in fixed point, its
@@ -174,14 +208,14 @@ def _train_stage(
     protocol's advertise-keys request (``secagg-payload``), a node that trained answers it in
     the same reply (record ``secagg-reply``), exactly as it would in a protocol exchange; any
     other request there is refused."""
-    _clear(context)
+    node, client = resolver.resolve(context)
+    _clear(context, node)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     rec = get_config(reply.content, REPLY, TrainReply)
     if rec.status == STATUS_OK:
         arrays = get_arrays(reply.content)
-        node, client = resolver.resolve(context)
         if RING in arrays:
             ring = np.ascontiguousarray(arrays[RING])
         else:
@@ -202,7 +236,7 @@ def _train_stage(
         )
         if ins.secagg_payload is not None:
             if peek_type(ins.secagg_payload) != MessageType.ADVERTISE_KEYS_REQUEST:
-                _clear(context)
+                _clear(context, node)
                 raise ProtocolAbort("a training message may carry only the advertise-keys request")
             advert = _handle_protocol(context, ins, resolver)
             content = make_content(reply=rec)
@@ -281,14 +315,13 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
             x = _take_ring(context, node)
         out = sac.handle(payload, input_vector=x)
     except ProtocolAbort:
-        _clear(context)
+        _clear(context, node)
         raise
     if sac.phase.value in ("done", "aborted"):
-        _clear(context)
+        _clear(context, node)
     else:
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": sac.export_state()})
         if masking:  # sent masked: the plain vector is never needed again
-            rec = context.state.config_records.pop(RING_KEY)
-            with contextlib.suppress(OSError):
-                Path(str(rec["path"])).unlink(missing_ok=True)
+            context.state.config_records.pop(RING_KEY, None)
+            _drop_stashes(context, node)
     return out

@@ -132,7 +132,7 @@ def _advert_losing_client_app(nodes_dir, victims: set[int], log_path) -> ClientA
             kind = peek_type(ins.secagg_payload).name
             with open(log_path, "a") as f:
                 held = RING_KEY in context.state.config_records
-                held |= any(nodes_dir.glob(f".secagg-ring-{pid}-*"))  # its sealed file
+                held |= any(nodes_dir.glob(f".secagg-ring-{context.run_id}-{pid}-*"))  # sealed file
                 f.write(f"{pid} {kind} {held}\n")
         reply = call_next(msg, context)
         if ins.secagg_stage == STAGE_TRAIN and pid in victims and not reply.has_error():
@@ -309,25 +309,40 @@ def test_the_waiting_update_is_sealed_on_the_node_not_in_its_flower_state(
 ):
     """Between training and the masked-input request the ring vector is not in the node's
     Flower state (which simulation ships with every message) but in an owner-only file of the
-    node's directory, AES-GCM sealed under a key kept in that state: altered bytes, a file
-    swapped for another node's stash, or a missing file abort with ProtocolAbort; a new training
-    message deletes the old stash; an abort deletes the file."""
+    node's directory, AES-GCM sealed under a key kept in that state. Altered bytes, another
+    node's or another run's file in its place, a missing file or a malformed record abort with
+    ProtocolAbort (naming no path); the node's next training message deletes its old stash in
+    that run and nobody else's; an abort deletes it."""
+    import dataclasses
     import os
     import stat
 
+    from flwr.app import ConfigRecord, RecordDict
+
     from securefvpa.errors import ProtocolAbort
-    from securefvpa.fl.secagg_mod import _take_ring
+    from securefvpa.fl.secagg_mod import _stash_ring, _take_ring
     from securefvpa.rundir import read_node_config
     from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
 
     advert_request, train = _one_node(tmp_path, fed_config, write_config)
+    node = read_node_config(tmp_path / "run" / "nodes" / "node_00000.toml")
+    home = Path(node.eval_log).parent
+
+    def stashes(run: int = 1, pid: int = 0) -> list[Path]:
+        return sorted(home.glob(f".secagg-ring-{run}-{pid}-*"))
+
+    def other(run: int, pid: int) -> Context:  # another run's or another node's stash
+        ctx = Context(run_id=run, node_id=8, node_config={}, state=RecordDict(), run_config={})
+        _stash_ring(ctx, dataclasses.replace(node, partition_id=pid), np.arange(5, dtype=np.uint32))
+        return ctx
+
     reply, context = train(advert_request)
     assert SECAGG_REPLY in reply.content.config_records
     assert len(context.state.array_records) == 0  # nothing megabyte-sized rides along
     rec = context.state.config_records[RING_KEY]
-    path = Path(str(rec["path"]))
-    node = read_node_config(next(tmp_path.glob("run/nodes/node_00000.toml")))
-    assert path.parent == Path(node.eval_log).parent
+    assert set(rec) == {"key", "token", "dtype", "size"}  # no path: rebuilt from the node config
+    [path] = stashes()
+    assert path.name.endswith(str(rec["token"]))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     ring = _take_ring(context, node)
     assert ring.size == int(rec["size"]) and ring.dtype.name == str(rec["dtype"])
@@ -337,28 +352,54 @@ def test_the_waiting_update_is_sealed_on_the_node_not_in_its_flower_state(
     path.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
     with pytest.raises(ProtocolAbort, match="failed authentication"):
         _take_ring(context, node)
-    # the same bytes under another record (another round's key, a swapped file)
+    # another node's (partition 10) and another run's (run 2) stash in its place
+    other_node, other_run = other(1, 10), other(2, 0)
+    for ctx, pid in ((other_node, 10), (other_run, 0)):
+        [theirs] = stashes(ctx.run_id, pid)
+        path.write_bytes(theirs.read_bytes())
+        with pytest.raises(ProtocolAbort, match="failed authentication"):
+            _take_ring(context, node)
     path.write_bytes(sealed)
-    other = dict(rec)
-    other["token"] = "0" * 32
-    context.state.config_records[RING_KEY] = type(rec)(other)
-    with pytest.raises(ProtocolAbort, match="failed authentication"):
-        _take_ring(context, node)
+    assert np.array_equal(_take_ring(context, node), ring)
+    # malformed records are typed aborts, and no message names the node's directory
+    good = dict(rec)
+    no_key = {k: v for k, v in good.items() if k != "key"}
+    for bad in (
+        no_key,
+        {**good, "key": 7},
+        {**good, "token": "../../x"},
+        {**good, "token": "../" * 10 + "ab"},  # 32 characters, not hex
+        {**good, "size": "x"},
+        {**good, "dtype": "float64"},
+    ):
+        context.state.config_records[RING_KEY] = ConfigRecord(bad)
+        with pytest.raises(ProtocolAbort, match="malformed") as err:
+            _take_ring(context, node)
+        assert str(home) not in str(err.value)
     context.state.config_records[RING_KEY] = rec
-    # the next training message replaces the stash: the old file is deleted
+    # a node config without an absolute directory of its own is refused
+    for rel in (
+        dataclasses.replace(node, eval_log="", identity=""),
+        dataclasses.replace(node, eval_log="nodes/eval.jsonl"),
+    ):
+        with pytest.raises(ProtocolAbort, match="absolute"):
+            _stash_ring(context, rel, ring)
+    # the next training message replaces this node's stash in this run, and only that
+    partition_1 = other(1, 1)
     _, context2 = train(advert_request)
-    assert not path.exists()
-    new_path = Path(str(context2.state.config_records[RING_KEY]["path"]))
-    assert new_path.exists()
-    new_path.unlink()
-    with pytest.raises(ProtocolAbort, match="cannot be read"):
+    assert not path.exists() and len(stashes()) == 1
+    assert stashes(1, 10) and stashes(2, 0) and stashes(1, 1)  # nobody else's
+    stashes()[0].unlink()
+    with pytest.raises(ProtocolAbort, match="cannot be read") as err:
         _take_ring(context2, node)
+    assert str(home) not in str(err.value)
+    del partition_1, other_node, other_run
     # an abort deletes the stash
     _, context3 = train(advert_request)
-    third = Path(str(context3.state.config_records[RING_KEY]["path"]))
+    assert stashes()
     not_an_advert = MAGIC + bytes([VERSION, MessageType.MASKED_INPUT_REQUEST])
     not_an_advert += bytes(HEADER_BYTES - len(not_an_advert))
     with pytest.raises(ProtocolAbort):
         train(not_an_advert, context3)
-    assert not third.exists() and RING_KEY not in context3.state.config_records
-    assert not list(third.parent.glob(".secagg-ring-*"))  # nor the refused round's stash
+    assert RING_KEY not in context3.state.config_records
+    assert not stashes()  # neither the first stash nor the refused round's
