@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from securefvpa.config import RunConfig
 from securefvpa.errors import AccountingError, ConfigError
@@ -23,6 +23,7 @@ from securefvpa.run import RunResult, resolve_config
 
 if TYPE_CHECKING:
     from securefvpa.data.records import PreferenceRecord
+    from securefvpa.privacy.events import Relation
     from securefvpa.train.inference import PairsInput, ResponseScores, TrainedModel
 
 log = logging.getLogger("securefvpa")
@@ -192,7 +193,8 @@ def epsilon(
     accountant = check_accountant(accountant)
     event = DpSgdEvent(
         client_id="calculator", round=0, noise_multiplier=noise_multiplier,
-        sample_rate=sample_rate, steps=steps, clip=1.0, relation=relation,
+        sample_rate=sample_rate, steps=steps, clip=1.0,
+        relation=cast("Relation", relation),  # DpSgdEvent checks it
     )
     if accountant == "rdp":
         return events_epsilon([event], delta, accountant="rdp")

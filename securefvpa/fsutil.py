@@ -10,7 +10,7 @@ from typing import IO, Any
 
 
 def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[IO[Any]], None], *, binary: bool = True
+    path: str | os.PathLike[str], write: Callable[[IO[Any]], object], *, binary: bool = True
 ) -> Path:
     """Call ``write(fh)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it in."""
     target = Path(path)

@@ -36,7 +36,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomli_w
 
@@ -165,10 +165,13 @@ def read_manifest(run_dir: RunDir) -> Manifest:
         raise RunDirError(f"manifest {str(path)!r} has unknown keys {unknown}")
     try:
         return Manifest(
-            **{
-                k: tuple(v) if k in ("type_names", "train_pairs", "units") else v
-                for k, v in raw.items()
-            }
+            **cast(
+                "dict[str, Any]",
+                {
+                    k: tuple(v) if k in ("type_names", "train_pairs", "units") else v
+                    for k, v in raw.items()
+                },
+            )
         )
     except TypeError as exc:
         raise RunDirError(f"manifest {str(path)!r} is incomplete: {exc}") from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +61,11 @@ class CanaryDesign:
 
 
 def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= cast(int, seed) < 2**63
+    ):
         raise ConfigError(f"audit.seed must be an integer in [0, 2**63). Found {seed!r}.")
     return int(seed)
 

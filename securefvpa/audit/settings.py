@@ -26,7 +26,7 @@ import copy
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from securefvpa.config import RunConfig, config_from_dict, read_toml, set_dotted
 from securefvpa.errors import ConfigError
@@ -54,8 +54,11 @@ class AuditSettings:
 
 
 def _int(key: str, value: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo or (
-        hi is not None and value > hi
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or cast(int, value) < lo
+        or (hi is not None and cast(int, value) > hi)
     ):
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ConfigError(f"audit.{key} must be an integer {rng}. Found {value!r}.")
@@ -70,7 +73,11 @@ def parse_audit_table(raw: dict[str, Any]) -> AuditSettings:
     m = _int("canaries", raw.get("canaries", 200), 2, 1_000_000)
     seed = _int("seed", raw.get("seed", 0), 0, 2**63 - 1)
     conf = raw.get("confidence", 0.95)
-    if isinstance(conf, bool) or not isinstance(conf, numbers.Real) or not 0 < conf < 1:
+    if (
+        isinstance(conf, bool)
+        or not isinstance(conf, numbers.Real)
+        or not 0 < cast(float, conf) < 1
+    ):
         raise ConfigError(f"audit.confidence must be in (0, 1). Found {conf!r}.")
     inject = raw.get("inject", "none")
     if inject not in INJECT_MODES:

@@ -36,10 +36,10 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def model_identity(path: Path) -> str:
         for f in files:
             h.update(str(f.relative_to(path)).encode("utf-8") + b"\0")
             with f.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                for chunk in iter(cast("Callable[[], bytes]", lambda fh=fh: fh.read(1 << 22)), b""):
                     h.update(chunk)
             h.update(b"\0")
         try:

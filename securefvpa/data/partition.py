@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def save_partition(part: ClientPartition, path: Path) -> Path:
             for u in part.users
         ],
     }
-    arrays = {
+    arrays: dict[str, Any] = {
         "prompt": p.prompt,
         "chosen": p.chosen,
         "rejected": p.rejected,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
@@ -281,9 +282,9 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
         if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
             tag = f"{ins.secagg_session}:{ins.round}:{ins.attempt}"
             used = context.state.config_records.get(USED_KEY, ConfigRecord({"pairs": []}))
-            if tag in list(used["pairs"]):
+            if tag in list(cast("list[str]", used["pairs"])):
                 raise ProtocolAbort("this (session, round) was already run here: replay refused")
-            used["pairs"] = [*list(used["pairs"])[-63:], tag]
+            used["pairs"] = [*list(cast("list[str]", used["pairs"]))[-63:], tag]
             context.state.config_records[USED_KEY] = used
             # One input joins at most MAX_INSTANCES_PER_INPUT instances: a server that aborts
             # rounds to re-draw the neighbour graph gets that many draws, then the input is
@@ -304,7 +305,7 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
                 raise ProtocolAbort("protocol message out of order: no round in progress")
             state = context.state.config_records[STATE_KEY]["state"]
             sac = SecAggClient.restore(
-                bytes(state),
+                bytes(cast(bytes, state)),
                 identity_key=identity,
                 roster=roster,
                 policy=policy,  # type: ignore[arg-type]

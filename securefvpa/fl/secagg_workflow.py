@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -40,7 +40,7 @@ from securefvpa.fl.wire import (
 from securefvpa.rounds.encoding import RoundCodec, session_id, vector_length
 from securefvpa.rounds.engine import NodeInfo, RoundOutcome
 from securefvpa.rundir import Manifest
-from securefvpa.secagg import SecAggServer
+from securefvpa.secagg import AggregationResult, SecAggServer
 from securefvpa.secagg.graph import MIN_PARTICIPANTS
 
 
@@ -176,7 +176,7 @@ def secure_train_round(
                         "round %d: client %d dropped in secure aggregation: %s",
                         rnd,
                         pid,
-                        r.error.reason[:200],
+                        cast(str, r.error.reason)[:200],
                     )
                     continue
                 try:
@@ -189,7 +189,7 @@ def secure_train_round(
             phase_seconds.append(time.perf_counter() - t_phase)
     except ProtocolAbort as exc:
         raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
-    result = server.result
+    result = cast(AggregationResult, server.result)  # advance() returned {}: result is set
     contributors = sorted(result.contributors)
     out.mean_update, stats = codec.decode(
         result.vector,

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Context, Message
@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from securefvpa.config import RunConfig, config_hash, load_config
 from securefvpa.errors import FederationError
-from securefvpa.fl.secagg_workflow import secure_train_round
+from securefvpa.fl.secagg_workflow import SecureTransport, secure_train_round
 from securefvpa.fl.wire import (
     MSG_EVALUATE,
     MSG_QUERY,
@@ -133,7 +133,9 @@ class FlowerTransport:
         for r in replies:
             if r.has_error():
                 log.warning(
-                    "node %s failed discovery: %s", r.metadata.src_node_id, r.error.reason[:200]
+                    "node %s failed discovery: %s",
+                    r.metadata.src_node_id,
+                    cast(str, r.error.reason)[:200],
                 )
                 continue
             rec = get_config(r.content, REPLY, QueryReply)
@@ -153,7 +155,8 @@ class FlowerTransport:
         self, rnd: int, attempt: int, sampled: list[NodeInfo], params: dict[str, np.ndarray]
     ) -> RoundOutcome:
         if self.cfg.secagg.enabled:
-            return secure_train_round(self, rnd, attempt, sampled, params)
+            # secagg on: the codec is set (run_codec)
+            return secure_train_round(cast(SecureTransport, self), rnd, attempt, sampled, params)
         content = make_content(arrays=params, config=self.instruction(rnd, attempt))
         ok, out = self.train_and_collect(rnd, sampled, content)
         replies = []
@@ -198,7 +201,10 @@ class FlowerTransport:
             seen.add(node.node_id)
             if r.has_error():
                 log.warning(
-                    "round %d: client %d failed: %s", rnd, node.partition_id, r.error.reason[:200]
+                    "round %d: client %d failed: %s",
+                    rnd,
+                    node.partition_id,
+                    cast(str, r.error.reason)[:200],
                 )
                 out.failed.append(node.partition_id)
                 continue
@@ -230,7 +236,7 @@ class FlowerTransport:
         for r in replies:
             node = by_node.get(r.metadata.src_node_id)
             if r.has_error() or node is None:
-                reason = r.error.reason[:200] if r.has_error() else "unknown node"
+                reason = cast(str, r.error.reason)[:200] if r.has_error() else "unknown node"
                 log.warning("evaluation failed on node %s: %s", r.metadata.src_node_id, reason)
                 continue
             try:

@@ -9,6 +9,7 @@ Built by :mod:`securefvpa.train.episodes`; defined here so the model does not im
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,7 +57,7 @@ class EpisodeBatch:
     def select(self, idx: npt.NDArray[np.int64] | list[int]) -> EpisodeBatch:
         """Episodes ``idx`` of this batch (same padding)."""
         index = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        out = {}
+        out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = (

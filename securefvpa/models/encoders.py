@@ -41,7 +41,7 @@ class PairEncoder(nn.Module):
         chosen: torch.Tensor,
         rejected: torch.Tensor,
         lengths: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b, k = prompt.shape[:2]
         stacked = torch.stack([prompt, chosen, rejected], dim=2).reshape(b, 3 * k, -1)
         e = self.proj(stacked).reshape(b, k, 3, -1)  # [B, K, 3, H]; Linear sees 3-D (ghost clipping)

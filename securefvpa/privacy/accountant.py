@@ -26,7 +26,7 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import dp_accounting
 import numpy as np
@@ -213,7 +213,7 @@ def epsilon(
         return ddg_epsilon(rounds, delta=check_delta(delta))
     return _epsilon_cached(
         check_accountant(accountant),
-        history_key(evs),
+        history_key(cast("list[DpSgdEvent]", evs)),
         check_delta(delta),
         check_discretization(value_discretization_interval),
     )
@@ -260,7 +260,7 @@ def epsilon_after(
 
 
 def epsilon_trajectory(
-    events: Iterable[DpSgdEvent],
+    events: Iterable[PrivacyEvent],
     delta: float,
     *,
     accountant: str = "pld",
@@ -277,10 +277,11 @@ def epsilon_trajectory(
     ordered = sorted(events, key=lambda e: e.round)
     if distributed_rounds(ordered) is not None:
         return [(ev.round, epsilon(ordered[: i + 1], dlt)) for i, ev in enumerate(ordered)]
-    history_key(ordered)  # validates types and a single relation
+    local = cast("list[DpSgdEvent]", ordered)  # not distributed: local DP-SGD events only
+    history_key(local)  # validates types and a single relation
     merged: dict[tuple[float, float], int] = {}
     out: list[tuple[int, float]] = []
-    for ev in ordered:
+    for ev in local:
         k = (ev.noise_multiplier, ev.sample_rate)
         merged[k] = merged.get(k, 0) + ev.steps
         key = HistoryKey(ev.relation, tuple(sorted((s, q, n) for (s, q), n in merged.items())))

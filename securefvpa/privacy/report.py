@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -45,7 +45,7 @@ from securefvpa.privacy.accountant import (
     group_epsilon_bound,
 )
 from securefvpa.privacy.ddg import DdgEvent, PrivacyEvent
-from securefvpa.privacy.events import canonical_json
+from securefvpa.privacy.events import DpSgdEvent, canonical_json
 from securefvpa.privacy.ledger import (
     EVENT_KINDS,
     Anchor,
@@ -173,9 +173,10 @@ def _client_row(
         steps = [1]
         total = len(events)
     else:
-        sigmas = sorted({e.noise_multiplier for e in events})  # type: ignore[union-attr]
-        steps = sorted({e.steps for e in events})  # type: ignore[union-attr]
-        total = sum(e.steps for e in events)  # type: ignore[union-attr]
+        local = cast("list[DpSgdEvent]", events)  # one mode per history (accountant checks it)
+        sigmas = sorted({e.noise_multiplier for e in local})
+        steps = sorted({e.steps for e in local})
+        total = sum(e.steps for e in local)
     if eps > budget:
         status = "over_budget"
     elif declined:

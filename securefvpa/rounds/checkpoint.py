@@ -49,7 +49,7 @@ def save_checkpoint(path: Path, state: ServerState) -> Path:
         "opt_step": state.opt.step,
         "opt_names": list(state.opt.m),
     }
-    arrays = {f"p{i}": np.asarray(v) for i, v in enumerate(state.params.values())}
+    arrays: dict[str, Any] = {f"p{i}": np.asarray(v) for i, v in enumerate(state.params.values())}
     for i, name in enumerate(state.opt.m):
         arrays[f"m{i}"] = state.opt.m[name]
         arrays[f"v{i}"] = state.opt.v[name]

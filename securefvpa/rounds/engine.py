@@ -309,7 +309,7 @@ def run_rounds(
         store.save(state)
         if progress is not None:
             progress(state.history[-1])
-    final = next((h["eval"] for h in reversed(state.history) if "eval" in h), {})
+    final: dict[str, Any] = next((h["eval"] for h in reversed(state.history) if "eval" in h), {})
     return RoundsResult(
         rounds=state.history,
         final=final,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -207,7 +207,10 @@ def collect_node_evaluations(
                 row = json.loads(line)
                 counts = row["counts"]
                 counts = EvalCounts(
-                    **{k: tuple(v) if isinstance(v, list) else v for k, v in counts.items()}
+                    **cast(
+                        "dict[str, Any]",
+                        {k: tuple(v) if isinstance(v, list) else v for k, v in counts.items()},
+                    )
                 )
                 by_round.setdefault(int(row["round"]), []).append(
                     (int(row["partition_id"]), str(row["role"]), counts)

@@ -7,7 +7,7 @@ directory. Imports neither flwr nor torch at module level.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def secagg_summary(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, An
         sa = r.get("secagg")
         if not isinstance(sa, dict):
             continue
-        participants = int(sa.get("participants", sa.get("contributors", 0)))
+        participants = int(cast(Any, sa.get("participants", sa.get("contributors", 0))))
         survivors = int(sa.get("contributors", 0))
         per_round.append(
             {
@@ -96,7 +96,9 @@ def finish_run(
     """Write ``final_params.npz``, close the ledger and write the privacy report (DP), then
     ``metrics.json`` (last, atomically: its presence means the run finished)."""
     metrics = run_metrics(cfg, result, manifest)
-    atomic_write(run_dir.final_params, lambda fh: np.savez(fh, **result.params))
+    atomic_write(
+        run_dir.final_params, lambda fh: np.savez(fh, **cast("dict[str, Any]", result.params))
+    )
     if cfg.privacy.enabled:
         from securefvpa.privacy.plan import close_ledger, load_plan, write_privacy_report
 

@@ -61,7 +61,7 @@ def train_central(
             bar.set_postfix(loss=f"{stats.mean_loss:.3f}")
     if bar is not None:
         bar.close()
-    info = {
+    info: dict[str, object] = {
         "steps": steps,
         "episodes": episodes,
         "mean_loss": float(sum(losses) / steps),

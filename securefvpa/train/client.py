@@ -25,7 +25,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from securefvpa.rundir import NodeConfig
 from securefvpa.secagg.ddg import DdgSpec, rotation_seed
 from securefvpa.secagg.ddg import encode as ddg_encode
 from securefvpa.train.params import load_arrays, model_to_arrays
+
+if TYPE_CHECKING:
+    from securefvpa.models.preference import PreferenceModel
 
 STATUS_OK = "ok"
 STATUS_DECLINED = "declined"  # the budget guard refused the round: no training, no update
@@ -136,11 +139,11 @@ def _config_hash(cfg: RunConfig) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(model_cfg: Any, embed_dim: int, n_types: int, seed: int) -> torch.nn.Module:
+def _cached_model(model_cfg: Any, embed_dim: int, n_types: int, seed: int) -> PreferenceModel:
     return build_model(model_cfg, embed_dim=embed_dim, n_types=n_types, seed=seed)
 
 
-def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> torch.nn.Module:
+def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> PreferenceModel:
     """The node's model with ``params`` loaded, in the state of a freshly built one.
 
     Built once per process and then reset (parameters, train mode, Gumbel temperature, KL

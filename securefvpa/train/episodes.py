@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -155,7 +155,16 @@ def _check_rows(pairs: EmbeddedPairs, user: UserData, rows: IntArray) -> None:
         )
 
 
-def _gather(pairs: EmbeddedPairs, groups: Sequence[IntArray]) -> dict[str, object]:
+class _Gathered(TypedDict):
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    len: torch.Tensor
+    mask: torch.Tensor
+    rows: IntArray
+
+
+def _gather(pairs: EmbeddedPairs, groups: Sequence[IntArray]) -> _Gathered:
     b = len(groups)
     k = max((len(g) for g in groups), default=0)
     k = max(k, 1)  # keep a real (all-masked) slot so shapes never have a zero axis
@@ -200,7 +209,7 @@ def collate(pairs: EmbeddedPairs, episodes: Sequence[Episode]) -> EpisodeBatch:
         type_index=torch.tensor([e.type_index for e in episodes], dtype=torch.long),
         tgt_rows=tgt["rows"],
         ctx_rows=ctx["rows"],
-    )  # type: ignore[arg-type]
+    )
 
 
 def eval_batch(pairs: EmbeddedPairs, users: Sequence[UserData]) -> EpisodeBatch:

@@ -29,7 +29,7 @@ dp-accounting event in the client's ledger, which the report is computed from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from securefvpa.privacy.plan import DPSettings
 from securefvpa.train import csprng
 from securefvpa.train.episodes import collate, unit_episodes
 from securefvpa.train.loop import apply_schedule, make_optimizer
+
+if TYPE_CHECKING:
+    from securefvpa.models.preference import PreferenceModel
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def private_train_steps(
         for i in range(steps):
             if schedule and hasattr(model, "set_kl_weight"):
                 # the same temperature / KL warm-up schedule as the non-private loop
-                apply_schedule(model, step_offset + i, total, train_cfg)
+                apply_schedule(cast("PreferenceModel", model), step_offset + i, total, train_cfg)
             episodes = episodes_now(rng)
             keep = csprng.poisson_mask(len(episodes), dp.sample_rate)
             chosen = [e for e, k in zip(episodes, keep) if k]
@@ -266,7 +269,9 @@ def clipped_unit_gradients(
         for k in names:
             p = params.get(k)
             if p is not None and p.requires_grad and getattr(p, "grad_sample", None) is not None:
-                cols.append(p.grad_sample.detach().reshape(len(chosen), -1).to(torch.float64))
+                cols.append(
+                    cast(Any, p).grad_sample.detach().reshape(len(chosen), -1).to(torch.float64)
+                )
             else:
                 cols.append(torch.zeros((len(chosen), int(np.prod(shapes[k]))), dtype=torch.float64))
         flat = torch.cat(cols, dim=1)
