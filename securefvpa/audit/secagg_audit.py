@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -113,7 +113,7 @@ def run_round(inputs: dict[int, np.ndarray], *, bits: int = 32, fraction: float 
             masked_phase = peek_type(request) == MessageType.MASKED_INPUT_REQUEST
             reply = c.handle(request, input_vector=inputs[node] if masked_phase else None)
             if masked_phase:
-                msg = parse(reply, MaskedInputReply)
+                msg = cast(MaskedInputReply, parse(reply, MaskedInputReply))
                 view.masked[node] = np.array(msg.as_array(), dtype=ring_dtype(bits))
                 view.secrets[node] = _snapshot(c)
                 view.threshold = int(c._t)
@@ -225,7 +225,7 @@ def run_secagg_audit(*, n: int = 5, d: int = 2048, rounds: int = 8, bits: int = 
         expected = np.zeros(d, dtype=dtype)
         for v in inputs.values():
             expected += v
-        sums_ok += int(np.array_equal(view.result, expected))
+        sums_ok += int(np.array_equal(cast(np.ndarray, view.result), expected))  # set or raised
         masked["zeros"].append(view.masked[zero])
         masked["constant"].append(view.masked[const])
         others = [i for i in ids if i != zero]

@@ -176,7 +176,7 @@ def secure_train_round(
                         "round %d: client %d dropped in secure aggregation: %s",
                         rnd,
                         pid,
-                        cast(str, r.error.reason)[:200],
+                        (r.error.reason or "no reason given")[:200],
                     )
                     continue
                 try:

@@ -135,7 +135,7 @@ class FlowerTransport:
                 log.warning(
                     "node %s failed discovery: %s",
                     r.metadata.src_node_id,
-                    cast(str, r.error.reason)[:200],
+                    (r.error.reason or "no reason given")[:200],
                 )
                 continue
             rec = get_config(r.content, REPLY, QueryReply)
@@ -204,7 +204,7 @@ class FlowerTransport:
                     "round %d: client %d failed: %s",
                     rnd,
                     node.partition_id,
-                    cast(str, r.error.reason)[:200],
+                    (r.error.reason or "no reason given")[:200],
                 )
                 out.failed.append(node.partition_id)
                 continue
@@ -236,7 +236,9 @@ class FlowerTransport:
         for r in replies:
             node = by_node.get(r.metadata.src_node_id)
             if r.has_error() or node is None:
-                reason = cast(str, r.error.reason)[:200] if r.has_error() else "unknown node"
+                reason = (
+                    (r.error.reason or "no reason given")[:200] if r.has_error() else "unknown node"
+                )
                 log.warning("evaluation failed on node %s: %s", r.metadata.src_node_id, reason)
                 continue
             try:
