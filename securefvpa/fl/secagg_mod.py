@@ -12,8 +12,8 @@ all others pass through.
 - ``secagg-stage = "protocol"``: one request of the Bonawitz et al. protocol
   (``securefvpa.secagg``), carried as bytes in ``secagg-payload``. The masked-input request is
   answered with the stored vector masked by the protocol, so the server only ever sees masked
-  vectors and, at the end, the sum over the surviving clients; the plain vector is then deleted
-  from the node's state (later requests neither need nor carry it). With distributed noise the client
+  vectors and, at the end, the sum over the surviving clients; the sealed vector is then
+  deleted (later requests neither need nor carry it). With distributed noise the client
   refuses to help unmask a sum of fewer than the ``t`` masked inputs its noise was sized for.
 
 Where the vector waits: not in the node's Flower state, which Flower's simulation engine ships
