@@ -214,7 +214,13 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
     sets: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        sets[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        try:
+            sets[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise SystemExit(
+                f"--variant {text!r}: the value of {key.strip()!r} is not a TOML value: "
+                f"{value.strip()!r} (strings need quotes, e.g. model.kind=\"btl\")"
+            ) from None
     return name, sets
 
 
