@@ -34,6 +34,7 @@ from securefvpa.fl.wire import (
     STAGE_TRAIN,
     Instruction,
     ProtocolReply,
+    error_reason,
     get_config,
     make_content,
 )
@@ -176,7 +177,7 @@ def secure_train_round(
                         "round %d: client %d dropped in secure aggregation: %s",
                         rnd,
                         pid,
-                        (r.error.reason or "no reason given")[:200],
+                        error_reason(r),
                     )
                     continue
                 try:

@@ -38,6 +38,7 @@ from securefvpa.fl.wire import (
     Instruction,
     QueryReply,
     TrainReply,
+    error_reason,
     get_arrays,
     get_config,
     get_eval_reply,
@@ -135,7 +136,7 @@ class FlowerTransport:
                 log.warning(
                     "node %s failed discovery: %s",
                     r.metadata.src_node_id,
-                    (r.error.reason or "no reason given")[:200],
+                    error_reason(r),
                 )
                 continue
             rec = get_config(r.content, REPLY, QueryReply)
@@ -204,7 +205,7 @@ class FlowerTransport:
                     "round %d: client %d failed: %s",
                     rnd,
                     node.partition_id,
-                    (r.error.reason or "no reason given")[:200],
+                    error_reason(r),
                 )
                 out.failed.append(node.partition_id)
                 continue
@@ -236,9 +237,7 @@ class FlowerTransport:
         for r in replies:
             node = by_node.get(r.metadata.src_node_id)
             if r.has_error() or node is None:
-                reason = (
-                    (r.error.reason or "no reason given")[:200] if r.has_error() else "unknown node"
-                )
+                reason = error_reason(r) if r.has_error() else "unknown node"
                 log.warning("evaluation failed on node %s: %s", r.metadata.src_node_id, reason)
                 continue
             try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from securefvpa.errors import FederationError
 from securefvpa.train.client import STATUS_DECLINED, STATUS_OK, EvalCounts
@@ -248,7 +248,9 @@ class EvalReply(_Record):
         return cls(role=role, type_correct_halves=halves, **plain)
 
     def counts(self) -> EvalCounts:
-        plain = {f.name: getattr(self, f.name) for f in fields(EvalCounts) if f.name != "type_correct"}
+        plain = {
+            f.name: getattr(self, f.name) for f in fields(EvalCounts) if f.name != "type_correct"
+        }
         return EvalCounts(**plain, type_correct=tuple(h / 2.0 for h in self.type_correct_halves))
 
 
@@ -319,3 +321,9 @@ def get_arrays(content: RecordDict) -> dict[str, np.ndarray]:
             f"message has no arrays record {ARRAYS!r} (has {sorted(content.array_records)})"
         )
     return record_to_arrays(content.array_records[ARRAYS])
+
+
+def error_reason(message: Message, limit: int = 200) -> str:
+    """The first ``limit`` characters of an error reply's reason, for the log (Flower's
+    ``Error.reason`` may be None)."""
+    return (message.error.reason or "no reason given")[:limit]
