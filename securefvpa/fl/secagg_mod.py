@@ -110,10 +110,9 @@ def _drop_stashes(context: Context, node: NodeConfig) -> None:
 def _stash_ring(context: Context, node: NodeConfig, ring: np.ndarray) -> None:
     """Seal ``ring`` (AES-256-GCM under a fresh key; associated data: run, node, file token,
     word type, length) into a new owner-only file of the node's own directory; only the key
-    and the token go into the node's state (``RING_KEY``). Earlier stashes of this node in
-    this run (a crashed or abandoned round) are deleted first."""
+    and the token go into the node's state (``RING_KEY``). The training stage's :func:`_clear`
+    has already deleted this node's earlier stashes in this run (a crashed or abandoned round)."""
     directory = _stash_dir(node)
-    _drop_stashes(context, node)
     key, token = os.urandom(32), os.urandom(_TOKEN_HEX // 2).hex()
     dtype = np.dtype(ring.dtype).name
     aad = _associated_data(context, node, token, dtype, int(ring.size))
