@@ -476,12 +476,11 @@ def _stream_keystream_only(
     with the keystream written to the scratch block but never added: the AES share of it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from securefvpa.secagg.primitives import _mask_keystream, ring_dtype
+    from securefvpa.secagg.primitives import _mask_keystream, mask_slices, ring_dtype
 
     item = np.dtype(ring_dtype(bits)).itemsize
     block = MASK_BLOCK_BYTES // item
-    blocks = -(-length // block)
-    cuts = [block * (blocks * w // workers) for w in range(workers)] + [length]
+    slices = mask_slices(length, item, workers)
 
     def walk(lo: int, hi: int) -> None:
         ops = [_mask_keystream(seed, lo * item // 16) for seed, _ in masks]
@@ -492,8 +491,8 @@ def _stream_keystream_only(
             for encryptor in ops:
                 encryptor.update_into(zeros[:nbytes], dst[:nbytes])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(walk, cuts[w], min(cuts[w + 1], length)) for w in range(workers)]:
+    with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+        for f in [pool.submit(walk, lo, hi) for lo, hi in slices]:
             f.result()
 
 

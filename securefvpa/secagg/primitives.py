@@ -226,21 +226,28 @@ def apply_masks(
         raise ConfigError(f"apply_masks workers must be an int >= 1. Found {workers!r}.")
     if not checked or total.size == 0:
         return total
-    item = total.itemsize
-    block = MASK_BLOCK_BYTES // item  # elements; a multiple of the 16-byte AES block
-    blocks = -(-total.size // block)
-    workers = max(1, min(workers, total.nbytes // _MIN_BYTES_PER_WORKER, blocks))
-    # contiguous block-aligned slices, as equal as whole blocks allow
-    cuts = [block * (blocks * w // workers) for w in range(workers)] + [total.size]
-    slices = [(cuts[w], min(cuts[w + 1], total.size)) for w in range(workers)]
-    if workers == 1:
+    block = MASK_BLOCK_BYTES // total.itemsize  # elements; a multiple of the 16-byte AES block
+    slices = mask_slices(total.size, total.itemsize, workers)
+    if len(slices) == 1:
         _stream_masks(total, checked, 0, total.size, block)
         return total
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-mask") as pool:
+    with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="secagg-mask") as pool:
         futures = [pool.submit(_stream_masks, total, checked, lo, hi, block) for lo, hi in slices]
         for f in futures:
             f.result()  # re-raises a worker's exception here
     return total
+
+
+def mask_slices(size: int, itemsize: int, workers: int) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` element ranges :func:`apply_masks` gives its threads for a vector of
+    ``size`` elements of ``itemsize`` bytes: contiguous, aligned to :data:`MASK_BLOCK_BYTES`
+    blocks, as equal as whole blocks allow; at most ``workers`` of them, fewer when a thread
+    would get under ``_MIN_BYTES_PER_WORKER`` or less than one block."""
+    block = MASK_BLOCK_BYTES // itemsize
+    blocks = -(-size // block)
+    workers = max(1, min(workers, size * itemsize // _MIN_BYTES_PER_WORKER, blocks))
+    cuts = [block * (blocks * w // workers) for w in range(workers)] + [size]
+    return [(cuts[w], min(cuts[w + 1], size)) for w in range(workers)]
 
 
 def _stream_masks(
