@@ -1,16 +1,18 @@
-"""Secure FedAvg on the server: one round of training, then the secure-aggregation protocol.
+"""Secure FedAvg on the server: the secure-aggregation protocol with training inside it.
 
-Stage 1 sends the global parameters with ``secagg-stage = "train"`` and, in the same message,
-the protocol's advertise-keys request: sampled clients train, keep their update (see
-``secagg_mod``) and answer the request with their training reply. Stage 2 drives
-``securefvpa.secagg.SecAggServer`` on: request/reply exchanges of protocol bytes, each a Flower
-``train`` message — 4 after training with the complete graph (share keys, masked input,
-consistency check, unmask), 5 with SecAgg+ (reveal seed first). If fewer adverts than the
-threshold come back (clients declined or failed training), a fresh instance over the clients
-that trained advertises its keys in an exchange of its own. A client that fails or times out in any phase is a dropout; the protocol recovers the
-sum of the survivors when at least the threshold remain and aborts otherwise. The server only
-ever holds masked vectors and the final ring sum, decoded into the weighted mean
-``sum_i w_i u_i / sum_i w_i`` over the clients whose masked input was summed.
+``securefvpa.secagg.SecAggServer`` is driven over request/reply exchanges of protocol bytes,
+each a Flower ``train`` message: advertise keys, (SecAgg+) reveal the graph seed, share keys;
+then the one exchange that carries the parameters (``secagg-stage = "train"``), with each
+node's masked-input request — sampled clients train and answer with their update masked;
+then the consistency check and unmasking. So 4 protocol exchanges besides the training
+exchange with the complete graph, 5 with SecAgg+, and only the training exchange carries
+megabyte vectors (before, the masked input was an exchange of its own after training).
+Nothing trains — no privacy budget is spent — until the keys and shares are in place, so a
+server that aborts there costs clients nothing. A client that fails, declines (budget) or times
+out in any phase is a dropout; the protocol recovers the sum of the survivors when at least the
+threshold remain and aborts otherwise. The server only ever holds masked vectors and the final
+ring sum, decoded into the weighted mean ``sum_i w_i u_i / sum_i w_i`` over the clients whose
+masked input was summed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from securefvpa.rounds.engine import NodeInfo, RoundOutcome
 from securefvpa.rundir import Manifest
 from securefvpa.secagg import AggregationResult, SecAggServer
 from securefvpa.secagg.graph import MIN_PARTICIPANTS
+from securefvpa.secagg.server import ServerPhase
 
 
 class SecureTransport(Protocol):
@@ -85,109 +88,116 @@ def secure_train_round(
     base = Instruction(round=rnd, attempt=attempt, config_hash=t.cfg_hash, secagg=True)
     minimum = max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients)
     sid = session_id(t.cfg_hash, _SESSION_NONCE)
-
-    def new_server(session: bytes, participants: list[int]) -> SecAggServer:
-        return SecAggServer(
-            session_id=session,
-            round_id=rnd,
-            participants=participants,
-            vector_length=codec.vector_length(d),
-            bits=cfg.secagg.bits,
-            degree=cfg.secagg.degree,
-            threshold_fraction=cfg.secagg.threshold,
-            roster=t.roster,
+    if len(sampled) < minimum:
+        log.warning(
+            "round %d: %d clients sampled; secure aggregation needs at least %d",
+            rnd,
+            len(sampled),
+            minimum,
         )
+        return RoundOutcome(mean_update=None, failed=[n.partition_id for n in sampled])
+    server = SecAggServer(
+        session_id=sid,
+        round_id=rnd,
+        participants=sorted(n.partition_id for n in sampled),
+        vector_length=codec.vector_length(d),
+        bits=cfg.secagg.bits,
+        degree=cfg.secagg.degree,
+        threshold_fraction=cfg.secagg.threshold,
+        roster=t.roster,
+    )
+    node_of = {n.partition_id: n for n in sampled}
+    pid_of = {n.node_id: n.partition_id for n in sampled}
+    phase_names: list[str] = []
+    phase_seconds: list[float] = []  # wall time of each protocol exchange, send to advance
 
-    # The key advertisement rides on the training exchange (one exchange fewer): every sampled
-    # node gets its advertise-keys request with the parameters; a node that trained answers it
-    # with its training reply. A node that declines or fails sends no advert (a dropout there).
-    enough = len(sampled) >= minimum
-    server = new_server(sid, sorted(n.partition_id for n in sampled)) if enough else None
-    adverts = server.start() if server is not None else {}
+    def instruction(**secagg: Any) -> Instruction:
+        return Instruction(**{**base.__dict__, "secagg_session": sid.hex(), **secagg})
+
+    def exchange(requests: dict[int, bytes]) -> dict[int, bytes]:
+        """One protocol exchange (no training): send the requests, offer the replies, advance."""
+        t_phase = time.perf_counter()
+        phase_names.append(server.phase.value)
+        msgs = [
+            t.message(
+                node_of[pid],
+                MSG_TRAIN,
+                make_content(
+                    config=instruction(secagg_stage=STAGE_PROTOCOL, secagg_payload=data)
+                ),
+            )
+            for pid, data in requests.items()
+        ]
+        for r in t.send(msgs):
+            pid = pid_of.get(r.metadata.src_node_id)
+            if pid is None:
+                continue
+            if r.has_error():
+                log.warning(
+                    "round %d: client %d dropped in secure aggregation: %s",
+                    rnd,
+                    pid,
+                    error_reason(r),
+                )
+                continue
+            try:
+                payload = get_config(r.content, REPLY, ProtocolReply).secagg_payload
+            except FederationError as exc:
+                log.warning("round %d: client %d sent a malformed reply: %s", rnd, pid, exc)
+                continue
+            server.receive(pid, payload)
+        nxt = server.advance()
+        phase_seconds.append(time.perf_counter() - t_phase)
+        return nxt
+
+    try:
+        # Keys (and, with SecAgg+, the graph seed's reveal) and shares before anyone trains:
+        # small messages, and a server that aborts here has spent no client's privacy budget.
+        requests = server.start()
+        while requests and server.phase is not ServerPhase.MASKED_INPUT:
+            requests = exchange(requests)
+    except ProtocolAbort as exc:
+        raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
+
+    # The training exchange carries the masked-input request: each node trains and answers
+    # with its update masked (one exchange of megabyte vectors per round, not two; the plain
+    # vector never waits on the node between messages).
+    t_train = time.perf_counter()
     arrays = make_content(arrays=params).array_records[ARRAYS]  # one copy for every message
 
     def train_content(node: NodeInfo) -> RecordDict:
-        ins = {**base.__dict__, "secagg_stage": STAGE_TRAIN}
-        if node.partition_id in adverts:
-            ins |= {"secagg_payload": adverts[node.partition_id], "secagg_session": sid.hex()}
-        content = make_content(config=Instruction(**ins))
+        ins = instruction(secagg_stage=STAGE_TRAIN, secagg_payload=requests[node.partition_id])
+        content = make_content(config=ins)
         content.array_records[ARRAYS] = arrays
         return content
 
-    ok, out = t.train_and_collect(rnd, sampled, train_content)
-    ready = [node for node, _, _ in ok]
-    train_seconds = time.perf_counter() - t0
-    if server is None or len(ready) < minimum:
-        log.warning(
-            "round %d: %d clients trained; secure aggregation needs at least %d",
-            rnd,
-            len(ready),
-            minimum,
-        )
-        return out
-
-    node_of = {n.partition_id: n for n in ready}
-    pid_of = {n.node_id: n.partition_id for n in ready}
+    asked = [node_of[pid] for pid in requests]
+    ok, out = t.train_and_collect(rnd, asked, train_content)
+    out.failed += [pid for pid in node_of if pid not in requests]  # dropped before training
+    masked = 0
     for node, r, _ in ok:
         try:
-            advert = get_config(r.content, SECAGG_REPLY, ProtocolReply).secagg_payload
+            data = get_config(r.content, SECAGG_REPLY, ProtocolReply).secagg_payload
         except FederationError as exc:
-            log.warning("round %d: client %d sent no key advert: %s", rnd, node.partition_id, exc)
+            log.warning("round %d: client %d sent no masked input: %s", rnd, node.partition_id, exc)
             continue
-        server.receive(node.partition_id, advert)
+        masked += server.receive(node.partition_id, data)
+    train_seconds = time.perf_counter() - t_train
+    if masked < server.threshold:
+        # Too few masked inputs to unmask (e.g. clients declined for budget): nothing is
+        # aggregated; the engine stops (all declined) or fails the round.
+        log.warning(
+            "round %d: %d masked inputs; secure aggregation needs at least %d",
+            rnd,
+            masked,
+            server.threshold,
+        )
+        out.failed += [n.partition_id for n, _, _ in ok]
+        return out
     try:
         requests = server.advance()
-    except ProtocolAbort as exc:
-        # Fewer adverts than the sampled set's threshold (clients declined or failed training):
-        # a fresh instance (new session, new keys) over the nodes that trained, whose keys are
-        # then advertised in an exchange of their own, as before.
-        log.info("round %d: %s; secure aggregation re-keyed over %d nodes", rnd, exc, len(ready))
-        sid = session_id(t.cfg_hash, f"{_SESSION_NONCE}:re-keyed")
-        server = new_server(sid, sorted(node_of))
-        requests = server.start()
-    phases = 0
-    phase_seconds: list[float] = []  # wall time of each protocol exchange, send to advance
-    try:
         while requests:
-            phases += 1
-            t_phase = time.perf_counter()
-            msgs = [
-                t.message(
-                    node_of[pid],
-                    MSG_TRAIN,
-                    make_content(
-                        config=Instruction(
-                            **{
-                                **base.__dict__,
-                                "secagg_stage": STAGE_PROTOCOL,
-                                "secagg_payload": data,
-                                "secagg_session": sid.hex(),
-                            }
-                        )
-                    ),
-                )
-                for pid, data in requests.items()
-            ]
-            for r in t.send(msgs):
-                pid = pid_of.get(r.metadata.src_node_id)
-                if pid is None:
-                    continue
-                if r.has_error():
-                    log.warning(
-                        "round %d: client %d dropped in secure aggregation: %s",
-                        rnd,
-                        pid,
-                        error_reason(r),
-                    )
-                    continue
-                try:
-                    payload = get_config(r.content, REPLY, ProtocolReply).secagg_payload
-                except FederationError as exc:
-                    log.warning("round %d: client %d sent a malformed reply: %s", rnd, pid, exc)
-                    continue
-                server.receive(pid, payload)
-            requests = server.advance()
-            phase_seconds.append(time.perf_counter() - t_phase)
+            requests = exchange(requests)
     except ProtocolAbort as exc:
         raise FederationError(f"round {rnd}: secure aggregation aborted: {exc}") from exc
     result = cast(AggregationResult, server.result)  # advance() returned {}: result is set
@@ -200,15 +210,16 @@ def secure_train_round(
         attempt=attempt,
     )
     out.trained = contributors
-    out.failed += [p for p in node_of if p not in contributors]
+    out.failed += [n.partition_id for n, _, _ in ok if n.partition_id not in contributors]
     out.extra = {
         "secagg": {
             "contributors": len(contributors),
             "threshold": server.threshold,
             "participants": len(node_of),
-            "phases": phases,  # protocol exchanges after the training exchange
+            "phases": len(phase_seconds),  # protocol exchanges besides the training exchange
+            "phase_names": phase_names,  # the phase each exchange collected replies for
             "phase_seconds": phase_seconds,
-            "train_seconds": train_seconds,
+            "train_seconds": train_seconds,  # the training exchange (with the masked input)
             "protocol_seconds": time.perf_counter() - t0 - train_seconds,
             "bytes_sent": server.bytes_sent,
             "bytes_received": server.bytes_received,

@@ -91,24 +91,27 @@ from securefvpa.secagg.primitives import (
 )
 
 MAX_INSTANCES_PER_INPUT = 3
-"""Protocol instances one input may be masked in (a first try and two retries after aborts).
+"""Protocol instances a client joins per input it masks (a first try and two retries after
+aborts).
 
 Each instance draws a fresh, uniformly random SecAgg+ graph; a malicious server that aborts
 instances until a victim is surrounded by colluders gets at most this many draws per input, so
 its success probability is at most ``MAX_INSTANCES_PER_INPUT * graph.colluder_risk(...)``. The
-transport that holds the input enforces it with :func:`admit_instance`."""
+transport enforces it with :func:`admit_instance`: the Flower mod (``fl.secagg_mod``) counts
+the instances a node joins and resets the count only when the node sends a masked input, which
+it does in exactly one instance per trained update."""
 
 
 def admit_instance(started: int, *, limit: int = MAX_INSTANCES_PER_INPUT) -> int:
     """Count one more protocol instance for the same input; returns ``started + 1``.
 
-    The caller keeps ``started`` next to the input (e.g. the Flower node state that holds the
-    local update) and stores the returned count *before* building the new
-    :class:`SecAggClient`, so a crash cannot reset it.
+    The caller keeps ``started`` where the server cannot reset it (e.g. the Flower node's
+    state), stores the returned count *before* building the new :class:`SecAggClient`, so a
+    crash cannot reset it, and resets it only once it has sent a masked input.
 
     Raises:
-        ProtocolAbort: ``started >= limit``: the input has already been offered to ``limit``
-            instances (a server re-rolling the graph); the caller should discard the input.
+        ProtocolAbort: ``started >= limit``: ``limit`` instances were already joined for this
+            input (a server re-rolling the graph); the caller refuses the new one.
         ConfigError: ``started`` or ``limit`` is not a non-negative int.
     """
     for name, value in (("started", started), ("limit", limit)):
@@ -116,7 +119,7 @@ def admit_instance(started: int, *, limit: int = MAX_INSTANCES_PER_INPUT) -> int
             raise ConfigError(f"{name} must be an int >= 0. Found {value!r}.")
     if started >= limit:
         raise ProtocolAbort(
-            f"this input was already offered to {started} protocol instances (limit {limit}); "
+            f"already {started} protocol instances joined for this input (limit {limit}); "
             "refusing another (a server re-rolling the neighbour graph?)"
         )
     return started + 1

@@ -166,6 +166,16 @@ def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> PreferenceMod
     return model
 
 
+def model_dim(node: ClientNode) -> int:
+    """Number of parameters a round exchanges: every array of the node's model
+    (``model_to_arrays``), which is what the server sends and each update covers."""
+    part = node.partition
+    model = _cached_model(
+        node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
+    )
+    return sum(int(a.size) for a in model_to_arrays(model).values())
+
+
 def _seed_round(node: ClientNode, rnd: int) -> np.random.Generator:
     """Non-secret randomness (episode shuffles, Gumbel draws), reproducible for --resume."""
     seeds = np.random.SeedSequence([node.cfg.seed, rnd, node.partition.partition_id, 0xC1])

@@ -238,7 +238,7 @@ def test_instances_per_input_are_bounded():
     for _ in range(MAX_INSTANCES_PER_INPUT):
         count = admit_instance(count)
     assert count == MAX_INSTANCES_PER_INPUT
-    with pytest.raises(ProtocolAbort, match="already offered to 3 protocol instances"):
+    with pytest.raises(ProtocolAbort, match="already 3 protocol instances joined"):
         admit_instance(count)
     with pytest.raises(ConfigError):
         admit_instance(-1)
