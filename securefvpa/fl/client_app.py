@@ -26,7 +26,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from securefvpa.fl.node import NodeResolver
+from securefvpa.fl.node import NodeResolver, node_codec
 from securefvpa.fl.secagg_mod import make_secagg_mod
 from securefvpa.fl.wire import (
     CONFIG,
@@ -87,9 +87,16 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
             epsilon=res.epsilon,
         )
         if res.status == STATUS_OK and res.ring is not None:
-            # distributed noise: the ring vector; the secure-aggregation mod keeps it on the
-            # node and sends it only masked (distributed mode requires secure aggregation)
+            # distributed noise: the ring vector; the secure-aggregation mod masks it in this
+            # reply (distributed mode requires secure aggregation)
             return Message(make_content(arrays={RING: res.ring}, reply=reply), reply_to=msg)
+        if res.status == STATUS_OK and res.update is not None and ins.secagg:
+            # secure aggregation: the update in fixed point, [q(w * update), w, clipped count]
+            # (secagg.quantization); the mod masks it in this reply. Encoded here, not in the
+            # mod, so the float64 update is never serialised into a record and read back.
+            node, _ = resolver.resolve(context)
+            ring = node_codec(node, client).encode_update(res.update, res.num_examples)
+            return Message(make_content(arrays={RING: ring}, reply=reply), reply_to=msg)
         if res.status == STATUS_OK and res.update is not None:
             weighted = {k: v * res.num_examples for k, v in res.update.items()}
             return Message(make_content(arrays=weighted, reply=reply), reply_to=msg)

@@ -22,6 +22,7 @@ from flwr.app import Context
 
 from securefvpa.errors import FederationError
 from securefvpa.fl.wire import NODE_CONFIG_KEY, PARTITION_KEY
+from securefvpa.rounds.encoding import RoundCodec
 from securefvpa.rundir import NodeConfig, RunDir, read_node_config
 from securefvpa.train.client import ClientNode, load_node
 
@@ -86,6 +87,17 @@ class _NodeCache:
 
 
 _node_from_file = _NodeCache(NODE_CACHE_BYTES)
+
+
+def node_codec(node: NodeConfig, client: ClientNode) -> RoundCodec:
+    """How this node writes its update into the secure-aggregation ring (fixed point), from its
+    own run config and the public bounds in its node config — never from a server message."""
+    return RoundCodec.for_run(
+        client.cfg,
+        clip_range=node.clip_range,
+        max_weight=node.max_train_pairs,
+        max_clients=node.train_clients,
+    )
 
 
 class NodeResolver:

@@ -10,10 +10,10 @@ carried as bytes in ``secagg-payload``, with training inside its masked-input st
   from its own model and config (:func:`_ring_length`), which is all the policy needs.
 - ``secagg-stage = "train"``: the parameters with this node's masked-input request. The node
   first checks that it is in this (session, round, attempt) and waiting for its input, then
-  runs the wrapped train handler (DP-SGD, guard, ledger as usual), encodes the update into the
-  ring (fixed point ``[q(w * update), w, clipped count]``, or, with distributed noise, the ring
-  vector the round produced), masks it and replies with the scalars and the masked vector
-  (record ``secagg-reply``). The plain update never leaves the handler: it is neither returned
+  runs the wrapped train handler (DP-SGD, guard, ledger as usual), which returns the round's
+  ring vector (fixed point ``[q(w * update), w, clipped count]``, or, with distributed noise,
+  the ring vector the round produced), masks it and replies with the scalars and the masked
+  vector (record ``secagg-reply``). The plain update never leaves the handler: it is neither returned
   nor kept on the node between messages. A node that declines (budget) or fails is a dropout.
 
 With distributed noise the client refuses to help unmask a sum of fewer than the ``t`` masked
@@ -43,7 +43,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from securefvpa.errors import ProtocolAbort
-from securefvpa.fl.node import NodeResolver
+from securefvpa.fl.node import NodeResolver, node_codec
 from securefvpa.fl.wire import (
     CONFIG,
     REPLY,
@@ -59,7 +59,7 @@ from securefvpa.fl.wire import (
     get_config,
     make_content,
 )
-from securefvpa.rounds.encoding import RoundCodec, client_policy
+from securefvpa.rounds.encoding import client_policy
 from securefvpa.rundir import NodeConfig
 from securefvpa.secagg import ClientPolicy, SecAggClient, admit_instance
 from securefvpa.secagg.keys import load_identity, load_roster
@@ -85,16 +85,7 @@ def _ring_length(node: NodeConfig, client: ClientNode) -> int:
     the training stage encodes with; distributed noise: the rotation's padded dimension)."""
     if client.plan is not None and client.plan.distributed is not None:
         return ddg_spec(client).padded_dim
-    return _codec(node, client).vector_length(model_dim(client))
-
-
-def _codec(node: NodeConfig, client: ClientNode) -> RoundCodec:
-    return RoundCodec.for_run(
-        client.cfg,
-        clip_range=node.clip_range,
-        max_weight=node.max_train_pairs,
-        max_clients=node.train_clients,
-    )
+    return node_codec(node, client).vector_length(model_dim(client))
 
 
 def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
@@ -127,9 +118,9 @@ def _train_stage(
 
     Refused with :class:`ProtocolAbort` *before* training (no privacy budget spent): a payload
     that is not the masked-input request, or a node not waiting for its input in this
-    (session, round, attempt). Distributed noise: the round already produced the ring vector
-    (rounded units + this client's noise share). Otherwise the weighted update is encoded here
-    in fixed point, its clipped coordinates counted (``secagg.quantization``)."""
+    (session, round, attempt). The train handler returns the round's ring vector (record
+    ``ddg-ring``): with distributed noise the rounded units + this client's noise share,
+    otherwise the update in fixed point (``fl.node.node_codec``); anything else is refused."""
     node, client = resolver.resolve(context)
     resolver.check(node, ins.config_hash)
     if ins.secagg_payload is None or peek_type(ins.secagg_payload) != (
@@ -147,13 +138,10 @@ def _train_stage(
         _clear(context)  # declined or failed: a dropout of this instance
         return reply
     arrays = get_arrays(reply.content)
-    if RING in arrays:
-        ring = np.ascontiguousarray(arrays[RING])
-    else:
-        w = rec.num_examples
-        ring = _codec(node, client).encode_update(
-            {k: np.asarray(v, dtype=np.float64) / w for k, v in arrays.items()}, w
-        )
+    if set(arrays) != {RING}:
+        _clear(context)
+        raise ProtocolAbort("the train handler returned no ring vector to mask")
+    ring = np.ascontiguousarray(arrays[RING])
     length = int(cast(int, context.state.config_records[LENGTH_KEY]["length"]))
     if ring.size != length:
         _clear(context)

@@ -42,7 +42,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 REPLY = "reply"
 SECAGG_REPLY = "secagg-reply"  # a secure-aggregation reply riding on a training reply
-RING = "ddg-ring"  # distributed noise: the client's ring vector (never leaves the node unmasked)
+RING = "ddg-ring"  # secure aggregation: the client's ring vector (never leaves the node unmasked)
 
 STAGE_TRAIN = "train"  # secure aggregation: train, keep the update on the node
 STAGE_PROTOCOL = "protocol"  # secure aggregation: one request of the protocol (bytes)

@@ -477,7 +477,9 @@ class SecAggClient:
             masks.append((seed, 1 if self.node_id < v else -1))
         apply_masks(y, masks, bits)
         self._phase = ClientPhase.CONSISTENCY_CHECK
-        wire = y.astype(y.dtype.newbyteorder("<"), copy=False).tobytes()
+        # little-endian words, viewed (not copied) until the reply is written out once
+        y.flags.writeable = False
+        wire = memoryview(y.astype(y.dtype.newbyteorder("<"), copy=False)).cast("B")
         return self._reply(MaskedInputReply, bits=bits, vector=wire)
 
     def _on_consistency_check(self, msg: ConsistencyRequest) -> bytes:

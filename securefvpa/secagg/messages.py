@@ -319,10 +319,14 @@ class _Message:
 
     def to_bytes(self) -> bytes:
         head = MAGIC + struct.pack(">BB", VERSION, int(self.TAG)) + self.session_id
-        return head + struct.pack(">QQ", self.round_id, self.node_id) + self._body()
+        head += struct.pack(">QQ", self.round_id, self.node_id)
+        return b"".join([head, *self._body_parts()])  # one copy of a megabyte-sized body
 
     def _body(self) -> bytes:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _body_parts(self) -> list[bytes | memoryview]:
+        return [self._body()]
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:  # pragma: no cover - overridden
@@ -535,7 +539,10 @@ class MaskedInputReply(_Message):
         return np.frombuffer(self.vector, dtype="<u4" if self.bits == 32 else "<u8")
 
     def _body(self) -> bytes:
-        return struct.pack(">BQ", self.bits, self.length) + self.vector
+        return b"".join(self._body_parts())
+
+    def _body_parts(self) -> list[bytes | memoryview]:
+        return [struct.pack(">BQ", self.bits, self.length), self.vector]
 
     @classmethod
     def _read_body(cls, r: _Reader) -> dict[str, Any]:

@@ -279,7 +279,8 @@ def _stream_masks(
 def keystream_uniform(key: bytes, count: int) -> np.ndarray:
     """``count`` floats uniform on [0, 1) with 53-bit resolution from the AES-CTR keystream."""
     words = expand_mask(key, count, 64)
-    return (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    words >>= np.uint64(11)
+    return np.multiply(words, 1.0 / (1 << 53), dtype=np.float64)  # exact: 53-bit ints, 2^-53
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:

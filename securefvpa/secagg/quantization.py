@@ -173,19 +173,22 @@ def encode(
     ``|x_j| > spec.clip`` when ``spec.count_clipped``.
     """
     x = np.asarray(update, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(x))[0])
         raise ModelError(f"update to encode has a non-finite value at index {bad}: {x[bad]!r}.")
     w = _check_weight(spec, weight)
     if spec.count_clipped:
         _check_count_fits(spec, x.size)
-    clipped = int(np.count_nonzero(np.abs(x) > spec.clip))
-    scaled = np.clip(x, -spec.clip, spec.clip) * (w * spec.scale)
-    noise = keystream_uniform(random_bytes(SEED_BYTES), x.size)
-    levels = np.floor(scaled + noise).astype(np.int64)
+    # In place where possible: at d = 10^6 every pass over the float64 vector costs ~0.5 ms,
+    # and this runs on every client every round (benchmarks/secagg.py, client encode).
+    scaled = np.clip(x, -spec.clip, spec.clip)
+    clipped = x.size - int(np.count_nonzero(scaled == x))  # |x_j| > clip (x is finite)
+    scaled *= w * spec.scale
+    scaled += keystream_uniform(random_bytes(SEED_BYTES), x.size)
+    np.floor(scaled, out=scaled)
     out = np.empty(x.size + spec.extra_coordinates, dtype=ring_dtype(spec.bits))
-    mask = np.uint64((1 << spec.bits) - 1)
-    out[: x.size] = levels.view(np.uint64) & mask  # two's complement modulo 2^b
+    # int64 -> uint32/uint64 keeps the low bits: two's complement modulo 2^b
+    np.copyto(out[: x.size], scaled.astype(np.int64), casting="unsafe")
     out[x.size] = w
     if spec.count_clipped:
         out[x.size + 1] = clipped
