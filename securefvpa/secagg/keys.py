@@ -63,9 +63,17 @@ def load_identity(path: Path) -> Ed25519PrivateKey:
 
 def load_roster(path: Path) -> dict[int, bytes]:
     try:
-        data = json.loads(Path(path).read_text())
-        return {int(k): bytes.fromhex(v) for k, v in data.items()}
-    except (OSError, ValueError, AttributeError) as exc:
+        return parse_roster(Path(path).read_bytes(), source=str(path))
+    except OSError as exc:
         raise ConfigError(
             f"cannot read the secure-aggregation roster {str(path)!r}: {exc}"
         ) from None
+
+
+def parse_roster(data: bytes, *, source: str) -> dict[int, bytes]:
+    """``{node id: raw Ed25519 public key}`` from a roster file's bytes (``source`` names the
+    file in the error); ConfigError for anything but a JSON object of hex keys."""
+    try:
+        return {int(k): bytes.fromhex(v) for k, v in json.loads(data).items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"cannot read the secure-aggregation roster {source!r}: {exc}") from None
