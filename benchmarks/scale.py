@@ -265,7 +265,7 @@ def timed_client_app(nodes_dir: Path, log_dir: str, node_cache: int = 0) -> Any:
             ins = get_config(msg.content, CONFIG, Instruction)
             rnd = ins.round
             if ins.secagg and ins.secagg_stage == "train":
-                kind = "train stage (local round, ring kept)"
+                kind = "train stage (local round + masked input)"
             elif ins.secagg and ins.secagg_payload is not None:
                 kind = (
                     f"secagg {peek_type(ins.secagg_payload).name.lower().replace('_request', '')}"

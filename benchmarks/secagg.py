@@ -856,13 +856,14 @@ def flower_rounds(
 
     Same config, data and seed; FedVPA-GP with ``hidden`` units (64: ~66k parameters; 464:
     ~1.02 * 10^6), 1 user per client, every client trains ``local_steps`` local steps per round.
-    A round's wall time includes local training, Flower's messaging (ours adds five
-    request/reply exchanges to the train exchange; Flower's SecAgg+ has four exchanges, local
-    training inside its third) and the server's work. ``server_seconds``: the round's time the
+    A round's wall time includes local training, Flower's messaging (ours: advertise keys,
+    with SecAgg+ reveal the graph seed, share keys, then the train exchange carrying the
+    masked-input request, then consistency check and unmask; Flower's SecAgg+ has four
+    exchanges, local training inside its third) and the server's work. ``server_seconds``: the round's time the
     ServerApp is not blocked waiting for clients (:class:`_ServerClock`): for plaintext the
     parsing and weighted mean, for the secure arms the whole server side of the protocol
     (messages, unmasking, decoding). ``protocol_seconds`` (ours): the wall time of the protocol
-    phases after training. On this 2-core machine the simulated clients share two CPUs, so
+    exchanges besides the train exchange (``phase_names``, ``phase_seconds_median``). On this 2-core machine the simulated clients share two CPUs, so
     their work adds up instead of running in parallel as it would on separate devices. The
     first two rounds of every arm (Ray start-up, warm-up) are excluded; Flower's arm runs
     ``flower_rounds_count`` rounds (default ``rounds``).
@@ -940,6 +941,7 @@ def flower_rounds(
                     )
                     if phases and phases[0] and len({len(p) for p in phases}) == 1:
                         row[arm]["phase_seconds_median"] = np.median(phases, axis=0).tolist()
+                        row[arm]["phase_names"] = later[-1]["secagg"].get("phase_names")
                     if arm == "secure":
                         row["parameters"] = _count_params(Path(tmp) / name / "final_params.npz")
                         with (

@@ -479,7 +479,7 @@ class SecAggClient:
         self._phase = ClientPhase.CONSISTENCY_CHECK
         # little-endian words, viewed (not copied) until the reply is written out once
         y.flags.writeable = False
-        wire = memoryview(y.astype(y.dtype.newbyteorder("<"), copy=False)).cast("B")
+        wire = y.astype(y.dtype.newbyteorder("<"), copy=False).data.cast("B")
         return self._reply(MaskedInputReply, bits=bits, vector=wire)
 
     def _on_consistency_check(self, msg: ConsistencyRequest) -> bytes:

@@ -170,10 +170,15 @@ def model_dim(node: ClientNode) -> int:
     """Number of parameters a round exchanges: every array of the node's model
     (``model_to_arrays``), which is what the server sends and each update covers."""
     part = node.partition
-    model = _cached_model(
+    return _model_dim(
         node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
     )
-    return sum(int(a.size) for a in model_to_arrays(model).values())
+
+
+@functools.lru_cache(maxsize=4)
+def _model_dim(model_cfg: Any, embed_dim: int, n_types: int, seed: int) -> int:
+    model = _cached_model(model_cfg, embed_dim, n_types, seed)
+    return sum(int(p.numel()) for p in model.state_dict().values())
 
 
 def _seed_round(node: ClientNode, rnd: int) -> np.random.Generator:
