@@ -26,6 +26,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from securefvpa.errors import FederationError
 from securefvpa.fl.node import NodeResolver, node_codec
 from securefvpa.fl.secagg_mod import make_secagg_mod
 from securefvpa.fl.wire import (
@@ -77,6 +78,13 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
     def train(msg: Message, context: Context) -> Message:
         ins = instruction(msg, context)
         _, client = resolver.resolve(context)
+        if ins.secagg != client.cfg.secagg.enabled:
+            # The config hash does not cover this per-message flag: a server could otherwise ask
+            # a secure-aggregation node for its update (or ring vector) in the clear.
+            raise FederationError(
+                f"the server asked for a round with secagg = {ins.secagg}; this node's run "
+                f"config has secagg.enabled = {client.cfg.secagg.enabled}: nothing trained"
+            )
         params = get_arrays(msg.content)
         res = local_train_round(client, params, rnd=ins.round, attempt=ins.attempt)
         reply = TrainReply(

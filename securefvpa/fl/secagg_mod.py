@@ -26,25 +26,28 @@ bounds in its node config — never from the server's message. The round state (
 included) lives in the node's Flower state between messages and is deleted when the round ends
 or aborts. A client refuses a (session, round, attempt) it has already taken part in, so a
 server cannot replay an old protocol instance against it, and joins at most
-:data:`~securefvpa.secagg.client.MAX_INSTANCES_PER_INPUT` protocol instances per input it masks
-(:func:`~securefvpa.secagg.client.admit_instance`), so a server that aborts instances to re-draw
-the SecAgg+ graph before anyone trains gets that many draws per update; each input is masked in
-exactly one instance.
+:data:`~securefvpa.secagg.client.MAX_INSTANCES_PER_INPUT` SecAgg+ instances per round of its
+own run (:func:`_admit`), so a server that aborts instances to re-draw the neighbour graph gets
+that many draws per round's update. A node out of privacy budget declines at the advertisement,
+before anyone trains. Every refusal is an error reply, not a raise (:func:`_refuse`): Flower
+keeps a node's state only when its ClientApp returns, so this is what deletes the round.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import logging
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
-from securefvpa.errors import ProtocolAbort
+from securefvpa.errors import PrivacyBudgetExhausted, ProtocolAbort, SecureFVPAError
 from securefvpa.fl.node import NodeResolver, node_codec
 from securefvpa.fl.wire import (
     CONFIG,
@@ -53,6 +56,7 @@ from securefvpa.fl.wire import (
     SECAGG_REPLY,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
+    STATUS_DECLINED,
     STATUS_OK,
     Instruction,
     ProtocolReply,
@@ -69,11 +73,13 @@ from securefvpa.secagg.keys import load_identity, load_roster, parse_roster
 from securefvpa.secagg.messages import MessageType, peek_type
 from securefvpa.train.client import ClientNode, ddg_spec, model_dim
 
+log = logging.getLogger("securefvpa.fl.secagg")
+
 STATE_KEY = "secagg-round"  # ConfigRecord: the protocol client's state (secret)
 # ConfigRecord: the instance this node joined, "session:round:attempt", and its ring length
 LENGTH_KEY = "secagg-length"
 USED_KEY = "secagg-used"  # ConfigRecord: (session, round) pairs already taken part in
-# ConfigRecord: protocol instances joined since this node last sent a masked input
+# ConfigRecord: the round number of every SecAgg+ instance this node joined (_admit)
 DRAWS_KEY = "secagg-draws"
 
 
@@ -99,14 +105,35 @@ def make_secagg_mod(resolver: NodeResolver):  # type: ignore[no-untyped-def]
             return call_next(msg, context)
         ins = get_config(msg.content, CONFIG, Instruction)
         if not ins.secagg:
-            return call_next(msg, context)
-        if ins.secagg_stage == STAGE_TRAIN:
-            return _train_stage(msg, context, ins, call_next, resolver)
-        if ins.secagg_stage == STAGE_PROTOCOL:
-            return _protocol_stage(msg, context, ins, resolver)
-        raise ProtocolAbort(f"secure-aggregation message without a stage: {ins.secagg_stage!r}")
+            return call_next(msg, context)  # the train handler refuses it on a secagg node
+        try:
+            if ins.secagg_stage == STAGE_TRAIN:
+                return _train_stage(msg, context, ins, call_next, resolver)
+            if ins.secagg_stage == STAGE_PROTOCOL:
+                return _protocol_stage(msg, context, ins, resolver)
+            raise ProtocolAbort(f"secure-aggregation message without a stage: {ins.secagg_stage!r}")
+        except Exception as exc:  # fail closed: whatever went wrong, the node leaves the round
+            return _refuse(msg, context, exc)
 
     return secagg_mod
+
+
+def _refuse(msg: Message, context: Context, exc: Exception) -> Message:
+    """Forget the round and answer with an error reply (a dropout to the server).
+
+    Replied, not raised: Flower keeps a node's state only when its ClientApp returns, so after
+    a raise the round's secrets would stay in the state, and the instance and replay counters
+    would roll back. A typed error gives its message; anything else only its type."""
+    _clear(context)
+    if isinstance(exc, SecureFVPAError):
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        reason = f"internal error ({type(exc).__name__})"
+        log.error("secure aggregation failed on this node", exc_info=exc)
+    return Message(
+        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"secure aggregation: {reason}"),
+        reply_to=msg,
+    )
 
 
 def _train_stage(
@@ -119,22 +146,22 @@ def _train_stage(
     """Train, then answer this node's masked-input request (``secagg-payload``) in the same
     reply (record ``secagg-reply``); the plain update never leaves this function.
 
-    Refused with :class:`ProtocolAbort` *before* training (no privacy budget spent): a payload
-    that is not the masked-input request, or a node not waiting for its input in this
-    (session, round, attempt). The train handler returns the round's ring vector (record
-    ``ddg-ring``): with distributed noise the rounded units + this client's noise share,
-    otherwise the update in fixed point (``fl.node.node_codec``); anything else is refused."""
+    Refused *before* training (no privacy budget spent): a payload that is not the
+    masked-input request, a node not waiting for its input in this (session, round, attempt),
+    or a request the protocol client would refuse (addressee, share senders, quorum, relayed
+    shares: ``SecAggClient.check_masked_input_request``). The train handler returns the
+    round's ring vector (record ``ddg-ring``): with distributed noise the rounded units + this
+    client's noise share, otherwise the update in fixed point (``fl.node.node_codec``);
+    anything else is refused. Every refusal is a :class:`ProtocolAbort` that
+    :func:`_refuse` turns into an error reply."""
     node, client = resolver.resolve(context)
     resolver.check(node, ins.config_hash)
     if ins.secagg_payload is None or peek_type(ins.secagg_payload) != (
         MessageType.MASKED_INPUT_REQUEST
     ):
-        _clear(context)
         raise ProtocolAbort("a training message must carry this node's masked-input request")
     sac = _restore(context, ins, node, client)
-    if not sac.needs_input:
-        _clear(context)
-        raise ProtocolAbort(f"masked input requested in phase {sac.phase.value}")
+    sac.check_masked_input_request(ins.secagg_payload)
     reply = call_next(msg, context)
     rec = get_config(reply.content, REPLY, TrainReply) if not reply.has_error() else None
     if rec is None or rec.status != STATUS_OK:
@@ -142,23 +169,14 @@ def _train_stage(
         return reply
     arrays = get_arrays(reply.content)
     if set(arrays) != {RING}:
-        _clear(context)
         raise ProtocolAbort("the train handler returned no ring vector to mask")
     ring = np.ascontiguousarray(arrays[RING])
     length = int(cast(int, context.state.config_records[LENGTH_KEY]["length"]))
     if ring.size != length:
-        _clear(context)
         raise ProtocolAbort(
             f"this node's update has {ring.size} ring words; the instance agreed on {length}"
         )
-    try:
-        masked = sac.handle(ins.secagg_payload, input_vector=ring)
-    except ProtocolAbort:
-        _clear(context)
-        raise
-    # A masked input was sent: this node may join MAX_INSTANCES_PER_INPUT new instances
-    # before its next one (admit_instance).
-    context.state.config_records[DRAWS_KEY] = ConfigRecord({"instances": 0})
+    masked = sac.handle(ins.secagg_payload, input_vector=ring)
     _keep(context, sac)
     content = make_content(reply=rec)
     content.config_records[SECAGG_REPLY] = ConfigRecord(
@@ -170,7 +188,11 @@ def _train_stage(
 def _protocol_stage(
     msg: Message, context: Context, ins: Instruction, resolver: NodeResolver
 ) -> Message:
-    out = _handle_protocol(context, ins, resolver)
+    try:
+        out = _handle_protocol(context, ins, resolver)
+    except PrivacyBudgetExhausted as exc:  # at the advertisement: declined, nothing joined
+        declined = TrainReply(status=STATUS_DECLINED, num_examples=0, reason=str(exc))
+        return Message(make_content(reply=declined), reply_to=msg)
     return Message(make_content(reply=ProtocolReply(secagg_payload=out)), reply_to=msg)
 
 
@@ -183,43 +205,59 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
     if ins.secagg_payload is None or ins.secagg_session is None:
         raise ProtocolAbort("protocol message without secagg-payload or secagg-session")
     payload = ins.secagg_payload
-    try:
-        if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
-            _clear(context)  # a new instance replaces any earlier one on this node
-            used = context.state.config_records.get(USED_KEY, ConfigRecord({"pairs": []}))
-            if _tag(ins) in list(cast("list[str]", used["pairs"])):
-                raise ProtocolAbort("this (session, round) was already run here: replay refused")
-            used["pairs"] = [*list(cast("list[str]", used["pairs"]))[-63:], _tag(ins)]
-            context.state.config_records[USED_KEY] = used
-            # At most MAX_INSTANCES_PER_INPUT instances per masked input: a server that aborts
-            # rounds to re-draw the neighbour graph before training gets that many draws, then
-            # must let this node train and mask in one of them. Counted before the instance
-            # starts, and reset only once a masked input was sent.
-            draws = context.state.config_records.get(DRAWS_KEY, ConfigRecord({"instances": 0}))
-            draws["instances"] = admit_instance(int(cast(int, draws.get("instances", 0))))
-            context.state.config_records[DRAWS_KEY] = draws
-            length = _ring_length(node, client)
-            context.state.config_records[LENGTH_KEY] = ConfigRecord(
-                {"length": length, "tag": _tag(ins)}
-            )
-            sac = SecAggClient(
-                node_id=client.partition.partition_id,
-                identity_key=load_identity(Path(node.identity)),
-                roster=_roster(node),
-                policy=_policy(node, client, length),
-                session_id=bytes.fromhex(ins.secagg_session),
-                round_id=ins.round,
-            )
-        else:
-            sac = _restore(context, ins, node, client)
-            if sac.needs_input:
-                raise ProtocolAbort("the masked-input request comes only with the training message")
-        out = sac.handle(payload)
-    except ProtocolAbort:
-        _clear(context)
-        raise
+    if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
+        _clear(context)  # a new instance replaces any earlier one on this node
+        used = context.state.config_records.get(USED_KEY, ConfigRecord({"pairs": []}))
+        if _tag(ins) in list(cast("list[str]", used["pairs"])):
+            raise ProtocolAbort("this (session, round) was already run here: replay refused")
+        used["pairs"] = [*list(cast("list[str]", used["pairs"]))[-63:], _tag(ins)]
+        context.state.config_records[USED_KEY] = used
+        if client.plan is not None:
+            # the budget guard first (PrivacyBudgetExhausted: the node declines this round
+            # before it joins; the guard records the refusal), so a node that cannot train
+            # never holds up an instance that others train in
+            client.plan.authorize(client_id=client.client_id, round=ins.round, attempt=ins.attempt)
+        _admit(context, ins, client)
+        length = _ring_length(node, client)
+        context.state.config_records[LENGTH_KEY] = ConfigRecord(
+            {"length": length, "tag": _tag(ins)}
+        )
+        sac = SecAggClient(
+            node_id=client.partition.partition_id,
+            identity_key=load_identity(Path(node.identity)),
+            roster=_roster(node),
+            policy=_policy(node, client, length),
+            session_id=bytes.fromhex(ins.secagg_session),
+            round_id=ins.round,
+        )
+    else:
+        sac = _restore(context, ins, node, client)
+        if sac.needs_input:
+            raise ProtocolAbort("the masked-input request comes only with the training message")
+    out = sac.handle(payload)
     _keep(context, sac)
     return out
+
+
+def _admit(context: Context, ins: Instruction, client: ClientNode) -> None:
+    """Count this instance against its round (SecAgg+ only; ProtocolAbort past the limit).
+
+    Each SecAgg+ instance draws a fresh neighbour graph, and a server that aborts instances
+    until a victim is surrounded by colluders gets one draw per instance. A node joins at most
+    MAX_INSTANCES_PER_INPUT instances per round number (across attempts), and only round
+    numbers of its own run config, so the round's update (its one input) is exposed to at most
+    that many draws. Counted in the node's state before the instance starts; honest aborts
+    cost only that round. The complete graph (degree 0) has nothing to draw."""
+    if client.cfg.secagg.degree == 0:
+        return
+    rounds = client.cfg.federation.rounds
+    if not 1 <= ins.round <= rounds:
+        raise ProtocolAbort(f"round {ins.round} is outside this run's rounds 1..{rounds}")
+    draws = context.state.config_records.get(DRAWS_KEY, ConfigRecord({"rounds": []}))
+    joined = [int(r) for r in cast("list[int]", draws.get("rounds", []))]
+    admit_instance(joined.count(ins.round))
+    draws["rounds"] = [*joined, ins.round]
+    context.state.config_records[DRAWS_KEY] = draws
 
 
 def _tag(ins: Instruction) -> str:

@@ -34,8 +34,10 @@ from securefvpa.fl.wire import (
     SECAGG_REPLY,
     STAGE_PROTOCOL,
     STAGE_TRAIN,
+    STATUS_DECLINED,
     Instruction,
     ProtocolReply,
+    TrainReply,
     error_reason,
     get_config,
     make_content,
@@ -74,6 +76,25 @@ log = logging.getLogger("securefvpa.fl.secagg")
 _SESSION_NONCE = os.urandom(16).hex()  # a fresh protocol session per server process
 
 
+def round_session(
+    cfg_hash: str, rnd: int, attempt: int, *, without_declined: bool = False
+) -> bytes:
+    """The protocol session of one round attempt (32 bytes): fresh per server process, round,
+    attempt and restart, so signed advertisements and seed reveals of one are refused in any
+    other (the clients bind every signature to the session)."""
+    tail = ":without-declined" if without_declined else ""
+    return session_id(cfg_hash, f"{_SESSION_NONCE}:{rnd}:{attempt}{tail}")
+
+
+def _declined(reply: Message) -> bool:
+    """True for a node's budget refusal at the advertisement (a ``TrainReply``, not protocol
+    bytes; FederationError when it is malformed)."""
+    rec = reply.content.config_records.get(REPLY)
+    if rec is None or "status" not in rec:
+        return False
+    return TrainReply.from_record(rec).status == STATUS_DECLINED
+
+
 def secure_train_round(
     t: SecureTransport,
     rnd: int,
@@ -87,7 +108,7 @@ def secure_train_round(
     d = vector_length(params)
     base = Instruction(round=rnd, attempt=attempt, config_hash=t.cfg_hash, secagg=True)
     minimum = max(MIN_PARTICIPANTS, cfg.federation.min_fit_clients)
-    sid = session_id(t.cfg_hash, _SESSION_NONCE)
+    sid = round_session(t.cfg_hash, rnd, attempt)
     if len(sampled) < minimum:
         log.warning(
             "round %d: %d clients sampled; secure aggregation needs at least %d",
@@ -96,35 +117,42 @@ def secure_train_round(
             minimum,
         )
         return RoundOutcome(mean_update=None, failed=[n.partition_id for n in sampled])
-    server = SecAggServer(
-        session_id=sid,
-        round_id=rnd,
-        participants=sorted(n.partition_id for n in sampled),
-        vector_length=codec.vector_length(d),
-        bits=cfg.secagg.bits,
-        degree=cfg.secagg.degree,
-        threshold_fraction=cfg.secagg.threshold,
-        roster=t.roster,
-    )
     node_of = {n.partition_id: n for n in sampled}
     pid_of = {n.node_id: n.partition_id for n in sampled}
     phase_names: list[str] = []
     phase_seconds: list[float] = []  # wall time of each protocol exchange, send to advance
+    declined: list[int] = []  # budget refusals, at the advertisement (nothing trained)
+
+    def new_server(session: bytes, participants: list[int]) -> SecAggServer:
+        return SecAggServer(
+            session_id=session,
+            round_id=rnd,
+            participants=participants,
+            vector_length=codec.vector_length(d),
+            bits=cfg.secagg.bits,
+            degree=cfg.secagg.degree,
+            threshold_fraction=cfg.secagg.threshold,
+            roster=t.roster,
+        )
+
+    server = new_server(sid, sorted(node_of))
 
     def instruction(**secagg: Any) -> Instruction:
         return Instruction(**{**base.__dict__, "secagg_session": sid.hex(), **secagg})
 
-    def exchange(requests: dict[int, bytes]) -> dict[int, bytes]:
-        """One protocol exchange (no training): send the requests, offer the replies, advance."""
+    def exchange(requests: dict[int, bytes], *, stop_on_decline: bool = False) -> dict[int, bytes]:
+        """One protocol exchange (no training): send the requests, offer the replies, advance.
+        A node that declines for budget at the advertisement is listed in ``declined`` (a
+        dropout); with ``stop_on_decline`` the phase is then left open and {} returned."""
         t_phase = time.perf_counter()
+        before = len(declined)
+        advertising = server.phase is ServerPhase.ADVERTISE_KEYS
         phase_names.append(server.phase.value)
         msgs = [
             t.message(
                 node_of[pid],
                 MSG_TRAIN,
-                make_content(
-                    config=instruction(secagg_stage=STAGE_PROTOCOL, secagg_payload=data)
-                ),
+                make_content(config=instruction(secagg_stage=STAGE_PROTOCOL, secagg_payload=data)),
             )
             for pid, data in requests.items()
         ]
@@ -141,19 +169,32 @@ def secure_train_round(
                 )
                 continue
             try:
+                if advertising and _declined(r):
+                    declined.append(pid)
+                    continue
                 payload = get_config(r.content, REPLY, ProtocolReply).secagg_payload
             except FederationError as exc:
                 log.warning("round %d: client %d sent a malformed reply: %s", rnd, pid, exc)
                 continue
             server.receive(pid, payload)
-        nxt = server.advance()
+        nxt = {} if stop_on_decline and len(declined) > before else server.advance()
         phase_seconds.append(time.perf_counter() - t_phase)
         return nxt
 
     try:
         # Keys (and, with SecAgg+, the graph seed's reveal) and shares before anyone trains:
         # small messages, and a server that aborts here has spent no client's privacy budget.
-        requests = server.start()
+        requests = exchange(server.start(), stop_on_decline=True)
+        if declined:
+            # Clients out of budget declined at the advertisement: a fresh instance (new
+            # session, new keys) over the others, so the threshold is theirs; nobody trained.
+            others = sorted(p for p in node_of if p not in declined)
+            log.info("round %d: %d clients declined (budget)", rnd, len(declined))
+            if len(others) < minimum:
+                return RoundOutcome(mean_update=None, declined=sorted(declined))
+            sid = round_session(t.cfg_hash, rnd, attempt, without_declined=True)
+            server = new_server(sid, others)
+            requests = exchange(server.start())
         while requests and server.phase is not ServerPhase.MASKED_INPUT:
             requests = exchange(requests)
     except ProtocolAbort as exc:
@@ -173,26 +214,29 @@ def secure_train_round(
 
     asked = [node_of[pid] for pid in requests]
     ok, out = t.train_and_collect(rnd, asked, train_content)
-    out.failed += [pid for pid in node_of if pid not in requests]  # dropped before training
-    masked = 0
+    out.declined += declined
+    # dropped before training (not declined)
+    out.failed += [p for p in node_of if p not in requests and p not in declined]
+    masked = []
     for node, r, _ in ok:
         try:
             data = get_config(r.content, SECAGG_REPLY, ProtocolReply).secagg_payload
         except FederationError as exc:
             log.warning("round %d: client %d sent no masked input: %s", rnd, node.partition_id, exc)
             continue
-        masked += server.receive(node.partition_id, data)
+        if server.receive(node.partition_id, data):
+            masked.append(node.partition_id)
+    out.failed += [n.partition_id for n, _, _ in ok if n.partition_id not in masked]
     train_seconds = time.perf_counter() - t_train
-    if masked < server.threshold:
-        # Too few masked inputs to unmask (e.g. clients declined for budget): nothing is
-        # aggregated; the engine stops (all declined) or fails the round.
+    if len(masked) < server.threshold:
+        # Too few masked inputs to unmask (clients failed, or declined at training): nothing
+        # is aggregated; the engine stops (only declines) or fails the round.
         log.warning(
             "round %d: %d masked inputs; secure aggregation needs at least %d",
             rnd,
-            masked,
+            len(masked),
             server.threshold,
         )
-        out.failed += [n.partition_id for n, _, _ in ok]
         return out
     try:
         requests = server.advance()
@@ -210,7 +254,7 @@ def secure_train_round(
         attempt=attempt,
     )
     out.trained = contributors
-    out.failed += [n.partition_id for n, _, _ in ok if n.partition_id not in contributors]
+    out.failed += [p for p in masked if p not in contributors]
     out.extra = {
         "secagg": {
             "contributors": len(contributors),

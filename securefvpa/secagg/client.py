@@ -91,23 +91,21 @@ from securefvpa.secagg.primitives import (
 )
 
 MAX_INSTANCES_PER_INPUT = 3
-"""Protocol instances a client joins per input it masks (a first try and two retries after
-aborts).
+"""Protocol instances a client joins per input (a first try and two retries after aborts).
 
 Each instance draws a fresh, uniformly random SecAgg+ graph; a malicious server that aborts
 instances until a victim is surrounded by colluders gets at most this many draws per input, so
 its success probability is at most ``MAX_INSTANCES_PER_INPUT * graph.colluder_risk(...)``. The
-transport enforces it with :func:`admit_instance`: the Flower mod (``fl.secagg_mod``) counts
-the instances a node joins and resets the count only when the node sends a masked input, which
-it does in exactly one instance per trained update."""
+transport enforces it with :func:`admit_instance`: the Flower mod (``fl.secagg_mod._admit``)
+counts the SecAgg+ instances a node joins per round of its run (one round, one update)."""
 
 
 def admit_instance(started: int, *, limit: int = MAX_INSTANCES_PER_INPUT) -> int:
     """Count one more protocol instance for the same input; returns ``started + 1``.
 
     The caller keeps ``started`` where the server cannot reset it (e.g. the Flower node's
-    state), stores the returned count *before* building the new :class:`SecAggClient`, so a
-    crash cannot reset it, and resets it only once it has sent a masked input.
+    state, per round) and stores the returned count *before* building the new
+    :class:`SecAggClient`, so a crash cannot reset it.
 
     Raises:
         ProtocolAbort: ``started >= limit``: ``limit`` instances were already joined for this
@@ -306,11 +304,7 @@ class SecAggClient:
             raise ProtocolAbort(f"client {self.node_id} is {phase.value}; message refused")
         vector = self._check_input(input_vector) if phase is ClientPhase.MASKED_INPUT else None
         try:
-            msg = parse(request, expected=self._EXPECTED[phase])
-            if msg.session_id != self.session_id or msg.round_id != self.round_id:
-                raise ProtocolAbort("message belongs to another session or round (replay?)")
-            if msg.node_id != self.node_id:
-                raise ProtocolAbort("message is addressed to another node")
+            msg = self._parse_addressed(request, phase)
             if phase is ClientPhase.MASKED_INPUT:
                 reply = self._on_masked_input(msg, vector)  # type: ignore[arg-type]
             else:
@@ -325,6 +319,35 @@ class SecAggClient:
                 f"({type(exc).__name__}); client aborted"
             ) from exc
         return reply
+
+    def check_masked_input_request(self, request: bytes) -> None:
+        """Every check :meth:`handle` makes on the masked-input request — framing, session,
+        round, addressee, share senders, quorum, each relayed share opened and its names
+        checked — without changing anything, so a transport can refuse a bad request before it
+        computes the input (the Flower mod: before training, so no privacy budget is spent).
+
+        Raises:
+            ProtocolAbort: the client is not waiting for its input, or :meth:`handle` would
+                refuse this request (the client itself is unchanged).
+        """
+        if self._phase is not ClientPhase.MASKED_INPUT:
+            raise ProtocolAbort(f"masked input requested in phase {self._phase.value}")
+        try:
+            self._open_shares(self._parse_addressed(request, ClientPhase.MASKED_INPUT))
+        except ProtocolAbort:
+            raise
+        except Exception as exc:  # fail closed, as handle() does
+            raise ProtocolAbort(
+                f"internal error while checking the masked-input request ({type(exc).__name__})"
+            ) from exc
+
+    def _parse_addressed(self, request: bytes, phase: ClientPhase) -> Any:
+        msg = parse(request, expected=self._EXPECTED[phase])
+        if msg.session_id != self.session_id or msg.round_id != self.round_id:
+            raise ProtocolAbort("message belongs to another session or round (replay?)")
+        if msg.node_id != self.node_id:
+            raise ProtocolAbort("message is addressed to another node")
+        return msg
 
     _EXPECTED: dict[ClientPhase, type] = {
         ClientPhase.ADVERTISE_KEYS: AdvertiseKeysRequest,
@@ -443,11 +466,15 @@ class SecAggClient:
         self._phase = ClientPhase.MASKED_INPUT
         return self._reply(ShareKeysReply, shares=tuple(sealed))
 
-    def _on_masked_input(self, msg: MaskedInputRequest, vector: np.ndarray) -> bytes:
+    def _open_shares(
+        self, msg: MaskedInputRequest
+    ) -> tuple[dict[int, Any], dict[int, Any], frozenset[int]]:
+        """The relayed shares of ``msg`` opened and checked: (b shares, sk shares, U2)."""
         senders = [s.peer_id for s in msg.shares]
         if not set(senders) <= set(self._adverts) - {self.node_id}:
             raise ProtocolAbort("share senders are not neighbours that advertised keys")
         self._require_quorum(len(senders) + 1, "share keys")
+        b_shares, sk_shares = {}, {}
         for item in msg.shares:
             v = item.peer_id
             ad = share_associated_data(self._context, v, self.node_id)
@@ -458,9 +485,14 @@ class SecAggClient:
             if (src, dst) != (v, self.node_id):
                 raise ProtocolAbort("relayed share names the wrong sender or receiver")
             w = shamir.SHARE_BYTES
-            self._b_shares[v] = shamir.decode_share(plaintext[16 : 16 + w])
-            self._sk_shares[v] = shamir.decode_share(plaintext[16 + w :])
-        self._u2 = frozenset(senders) | {self.node_id}
+            b_shares[v] = shamir.decode_share(plaintext[16 : 16 + w])
+            sk_shares[v] = shamir.decode_share(plaintext[16 + w :])
+        return b_shares, sk_shares, frozenset(senders) | {self.node_id}
+
+    def _on_masked_input(self, msg: MaskedInputRequest, vector: np.ndarray) -> bytes:
+        b_shares, sk_shares, self._u2 = self._open_shares(msg)
+        self._b_shares.update(b_shares)
+        self._sk_shares.update(sk_shares)
 
         bits = self._policy.bits
         y = vector.astype(ring_dtype(bits), copy=True)

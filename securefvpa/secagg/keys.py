@@ -75,5 +75,7 @@ def parse_roster(data: bytes, *, source: str) -> dict[int, bytes]:
     file in the error); ConfigError for anything but a JSON object of hex keys."""
     try:
         return {int(k): bytes.fromhex(v) for k, v in json.loads(data).items()}
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise ConfigError(f"cannot read the secure-aggregation roster {source!r}: {exc}") from None
+    except (ValueError, AttributeError, TypeError, RecursionError) as exc:
+        raise ConfigError(
+            f"cannot read the secure-aggregation roster {source!r}: {type(exc).__name__}"
+        ) from None

@@ -52,3 +52,36 @@ def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_conf
     assert verify_report(out / "privacy_report.json", ledger).ok
     html = (out / "report.html").read_text()
     assert "<svg" in html and report["run_id"] in html
+
+
+def test_secure_rounds_with_clients_out_of_budget_aggregate_the_others(
+    tmp_path, fed_config, write_config
+):
+    """Secure aggregation under DP, half the clients sampled per round, one round of budget
+    each: a sampled client that already trained declines at the key advertisement (before
+    anyone trains), and the round is aggregated over the others in a fresh instance; nobody
+    ends above the budget and every client trained at most once."""
+    cfg = fed_config(
+        train={"context_pairs": 4, "target_pairs": 2},
+        federation={"rounds": 3, "local_steps": 3, "fraction_fit": 0.5},
+        secagg={"enabled": True},
+        privacy={
+            "enabled": True,
+            "noise_multiplier": 2.0,
+            "sample_rate": 0.5,
+            "budget_epsilon": 5.0,
+            "target_epsilon": 5.0,
+            "delta": 1e-5,
+        },
+    )
+    out = tmp_path / "run"
+    metrics = run(write_config(cfg), out).metrics
+    rounds = metrics["rounds"][1:]
+    mixed = [r for r in rounds if r["declined"] and r["clients"] > 0]
+    assert mixed, [(r["clients"], r["declined"]) for r in rounds]
+    for r in mixed:
+        assert r["secagg"]["contributors"] == r["clients"] >= 3
+        assert not set(r["declined"]) & set(r.get("failed", []))
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["summary"]["over_budget"] == 0
+    assert all(len(c["rounds_joined"]) <= 1 for c in report["clients"])
