@@ -207,17 +207,20 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
     payload = ins.secagg_payload
     if peek_type(payload) == MessageType.ADVERTISE_KEYS_REQUEST:
         _clear(context)  # a new instance replaces any earlier one on this node
+        rounds = client.cfg.federation.rounds
+        if not 1 <= ins.round <= rounds:
+            raise ProtocolAbort(f"round {ins.round} is outside this run's rounds 1..{rounds}")
         used = context.state.config_records.get(USED_KEY, ConfigRecord({"pairs": []}))
         if _tag(ins) in list(cast("list[str]", used["pairs"])):
             raise ProtocolAbort("this (session, round) was already run here: replay refused")
+        _admit(context, ins, client)  # checks the count before anything is recorded
         used["pairs"] = [*list(cast("list[str]", used["pairs"]))[-63:], _tag(ins)]
         context.state.config_records[USED_KEY] = used
         if client.plan is not None:
-            # the budget guard first (PrivacyBudgetExhausted: the node declines this round
-            # before it joins; the guard records the refusal), so a node that cannot train
-            # never holds up an instance that others train in
+            # the budget guard before the instance (PrivacyBudgetExhausted: the node declines
+            # this round before it joins; the guard records the refusal), so a node that
+            # cannot train never holds up an instance that others train in
             client.plan.authorize(client_id=client.client_id, round=ins.round, attempt=ins.attempt)
-        _admit(context, ins, client)
         length = _ring_length(node, client)
         context.state.config_records[LENGTH_KEY] = ConfigRecord(
             {"length": length, "tag": _tag(ins)}
@@ -244,15 +247,14 @@ def _admit(context: Context, ins: Instruction, client: ClientNode) -> None:
 
     Each SecAgg+ instance draws a fresh neighbour graph, and a server that aborts instances
     until a victim is surrounded by colluders gets one draw per instance. A node joins at most
-    MAX_INSTANCES_PER_INPUT instances per round number (across attempts), and only round
-    numbers of its own run config, so the round's update (its one input) is exposed to at most
-    that many draws. Counted in the node's state before the instance starts; honest aborts
-    cost only that round. The complete graph (degree 0) has nothing to draw."""
+    MAX_INSTANCES_PER_INPUT instances per round number (across attempts; the caller refuses
+    round numbers outside its own run config), so the round's update (its one input) is
+    exposed to at most that many draws. Counted in the node's state before the instance
+    starts; honest aborts cost only that round. The complete graph (degree 0) has nothing to
+    draw. The count lives in the node's Flower state, which Flower keeps for one run: a new
+    run (or run series) starts new counts (``threat_models/secagg.md``)."""
     if client.cfg.secagg.degree == 0:
         return
-    rounds = client.cfg.federation.rounds
-    if not 1 <= ins.round <= rounds:
-        raise ProtocolAbort(f"round {ins.round} is outside this run's rounds 1..{rounds}")
     draws = context.state.config_records.get(DRAWS_KEY, ConfigRecord({"rounds": []}))
     joined = [int(r) for r in cast("list[int]", draws.get("rounds", []))]
     admit_instance(joined.count(ins.round))

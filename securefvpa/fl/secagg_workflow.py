@@ -230,7 +230,9 @@ def secure_train_round(
     train_seconds = time.perf_counter() - t_train
     if len(masked) < server.threshold:
         # Too few masked inputs to unmask (clients failed, or declined at training): nothing
-        # is aggregated; the engine stops (only declines) or fails the round.
+        # is aggregated, and the masked inputs count as failed updates, so the engine fails
+        # the round (--resume re-runs it) rather than skipping it as a budget end.
+        out.failed += masked
         log.warning(
             "round %d: %d masked inputs; secure aggregation needs at least %d",
             rnd,
