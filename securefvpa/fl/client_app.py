@@ -77,7 +77,7 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
 
     def train(msg: Message, context: Context) -> Message:
         ins = instruction(msg, context)
-        _, client = resolver.resolve(context)
+        node, client = resolver.resolve(context)
         if ins.secagg != client.cfg.secagg.enabled:
             # The config hash does not cover this per-message flag: a server could otherwise ask
             # a secure-aggregation node for its update (or ring vector) in the clear.
@@ -102,7 +102,6 @@ def client_handlers(resolver: NodeResolver) -> ClientHandlers:
             # secure aggregation: the update in fixed point, [q(w * update), w, clipped count]
             # (secagg.quantization); the mod masks it in this reply. Encoded here, not in the
             # mod, so the float64 update is never serialised into a record and read back.
-            node, _ = resolver.resolve(context)
             ring = node_codec(node, client).encode_update(res.update, res.num_examples)
             return Message(make_content(arrays={RING: ring}, reply=reply), reply_to=msg)
         if res.status == STATUS_OK and res.update is not None:

@@ -77,7 +77,7 @@ log = logging.getLogger("securefvpa.fl.secagg")
 
 STATE_KEY = "secagg-round"  # ConfigRecord: the protocol client's state (secret)
 # ConfigRecord: the instance this node joined, "session:round:attempt", and its ring length
-LENGTH_KEY = "secagg-length"
+INSTANCE_KEY = "secagg-instance"
 USED_KEY = "secagg-used"  # ConfigRecord: (session, round) pairs already taken part in
 # ConfigRecord: the round number of every SecAgg+ instance this node joined (_admit)
 DRAWS_KEY = "secagg-draws"
@@ -86,7 +86,7 @@ DRAWS_KEY = "secagg-draws"
 def _clear(context: Context) -> None:
     """Forget this node's round: its protocol state (secrets) and the instance's record."""
     context.state.config_records.pop(STATE_KEY, None)
-    context.state.config_records.pop(LENGTH_KEY, None)
+    context.state.config_records.pop(INSTANCE_KEY, None)
 
 
 def _ring_length(node: NodeConfig, client: ClientNode) -> int:
@@ -171,7 +171,7 @@ def _train_stage(
     if set(arrays) != {RING}:
         raise ProtocolAbort("the train handler returned no ring vector to mask")
     ring = np.ascontiguousarray(arrays[RING])
-    length = int(cast(int, context.state.config_records[LENGTH_KEY]["length"]))
+    length = int(cast(int, context.state.config_records[INSTANCE_KEY]["length"]))
     if ring.size != length:
         raise ProtocolAbort(
             f"this node's update has {ring.size} ring words; the instance agreed on {length}"
@@ -222,7 +222,7 @@ def _handle_protocol(context: Context, ins: Instruction, resolver: NodeResolver)
             # cannot train never holds up an instance that others train in
             client.plan.authorize(client_id=client.client_id, round=ins.round, attempt=ins.attempt)
         length = _ring_length(node, client)
-        context.state.config_records[LENGTH_KEY] = ConfigRecord(
+        context.state.config_records[INSTANCE_KEY] = ConfigRecord(
             {"length": length, "tag": _tag(ins)}
         )
         sac = SecAggClient(
@@ -280,7 +280,7 @@ def _restore(
 ) -> SecAggClient:
     """This node's protocol client for the instance ``ins`` names, or :class:`ProtocolAbort`
     (no instance in progress, or another (session, round, attempt) than the one it joined)."""
-    meta = context.state.config_records.get(LENGTH_KEY)
+    meta = context.state.config_records.get(INSTANCE_KEY)
     if STATE_KEY not in context.state.config_records or meta is None:
         raise ProtocolAbort("protocol message out of order: no round in progress")
     if not hmac.compare_digest(str(meta.get("tag", "")).encode(), _tag(ins).encode()):

@@ -538,10 +538,7 @@ class MaskedInputReply(_Message):
         """Read-only view of the vector as ring elements."""
         return np.frombuffer(self.vector, dtype="<u4" if self.bits == 32 else "<u8")
 
-    def _body(self) -> bytes:
-        return b"".join(self._body_parts())
-
-    def _body_parts(self) -> list[bytes | memoryview]:
+    def _body_parts(self) -> list[bytes | memoryview]:  # the vector is not copied here
         return [struct.pack(">BQ", self.bits, self.length), self.vector]
 
     @classmethod

@@ -150,10 +150,7 @@ def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> PreferenceMod
     weight, and every gradient or per-sample-gradient attribute Opacus may have left), so a
     round sees exactly what a fresh ``build_model`` + ``load_arrays`` would give.
     """
-    part = node.partition
-    model = _cached_model(
-        node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
-    )
+    model = _cached_model(*_model_key(node))
     load_arrays(model, params)
     model.train()
     model.set_temperature(model.tau_start)
@@ -166,13 +163,16 @@ def _model_for(node: ClientNode, params: dict[str, np.ndarray]) -> PreferenceMod
     return model
 
 
+def _model_key(node: ClientNode) -> tuple[Any, int, int, int]:
+    """What the node's model is built from: (model config, embedding dim, types, seed)."""
+    part = node.partition
+    return node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
+
+
 def model_dim(node: ClientNode) -> int:
     """Number of parameters a round exchanges: every array of the node's model
     (``model_to_arrays``), which is what the server sends and each update covers."""
-    part = node.partition
-    return _model_dim(
-        node.cfg.model, part.pairs.dim, max(1, len(part.pairs.type_names)), node.cfg.seed
-    )
+    return _model_dim(*_model_key(node))
 
 
 @functools.lru_cache(maxsize=4)
