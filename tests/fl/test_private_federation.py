@@ -14,11 +14,12 @@ from securefvpa.run import run
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 
-def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_config, write_config):
-    # sigma 2, q 0.5, 3 steps per round: eps(1 round) = 3.60, eps(2 rounds) = 5.37 > budget 5.0
-    cfg = fed_config(
+def _one_round_of_budget(fed_config, *, federation: dict | None = None, **sections) -> dict:
+    """DP with budget for one round per client: sigma 2, q 0.5, 3 steps per round give
+    eps(1 round) = 3.60, eps(2 rounds) = 5.37 > budget 5.0."""
+    return fed_config(
         train={"context_pairs": 4, "target_pairs": 2},
-        federation={"rounds": 3, "local_steps": 3},
+        federation={"rounds": 3, "local_steps": 3, **(federation or {})},
         privacy={
             "enabled": True,
             "noise_multiplier": 2.0,
@@ -27,7 +28,12 @@ def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_conf
             "target_epsilon": 5.0,
             "delta": 1e-5,
         },
+        **sections,
     )
+
+
+def test_budget_guard_stops_clients_and_report_matches_ledger(tmp_path, fed_config, write_config):
+    cfg = _one_round_of_budget(fed_config)
     out = tmp_path / "run"
     metrics = run(write_config(cfg), out).metrics
     rounds = metrics["rounds"]
@@ -61,18 +67,8 @@ def test_secure_rounds_with_clients_out_of_budget_aggregate_the_others(
     each: a sampled client that already trained declines at the key advertisement (before
     anyone trains), and the round is aggregated over the others in a fresh instance; nobody
     ends above the budget and every client trained at most once."""
-    cfg = fed_config(
-        train={"context_pairs": 4, "target_pairs": 2},
-        federation={"rounds": 3, "local_steps": 3, "fraction_fit": 0.5},
-        secagg={"enabled": True},
-        privacy={
-            "enabled": True,
-            "noise_multiplier": 2.0,
-            "sample_rate": 0.5,
-            "budget_epsilon": 5.0,
-            "target_epsilon": 5.0,
-            "delta": 1e-5,
-        },
+    cfg = _one_round_of_budget(
+        fed_config, federation={"fraction_fit": 0.5}, secagg={"enabled": True}
     )
     out = tmp_path / "run"
     metrics = run(write_config(cfg), out).metrics

@@ -290,7 +290,7 @@ def test_a_node_trains_only_for_its_masked_input_request_in_its_own_instance(
     training; the mod's refusals are error replies (a dropout) and leave no round in the node's
     state; the others' sum is still unmasked."""
     from securefvpa.errors import FederationError
-    from securefvpa.fl.secagg_mod import LENGTH_KEY, STATE_KEY
+    from securefvpa.fl.secagg_mod import INSTANCE_KEY, STATE_KEY
     from securefvpa.secagg.messages import HEADER_BYTES, MAGIC, VERSION
     from securefvpa.secagg.server import ServerPhase
 
@@ -318,7 +318,7 @@ def test_a_node_trains_only_for_its_masked_input_request_in_its_own_instance(
     assert trained == []
     for pid in (0, 1, 2, 3):
         assert STATE_KEY not in contexts[pid].state.config_records
-        assert LENGTH_KEY not in contexts[pid].state.config_records
+        assert INSTANCE_KEY not in contexts[pid].state.config_records
     for pid, data in requests.items():
         if pid > 3:
             reply = send(pid, data, stage=STAGE_TRAIN)
