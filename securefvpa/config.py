@@ -30,6 +30,7 @@ DataSource = Literal["synth", "hh_rlhf", "jsonl", "polis"]
 ModelKind = Literal["btl", "vpl", "fedvpa-gp", "oracle"]
 Conditioning = Literal["mixture-heads", "film", "concat"]
 ComponentLikelihood = Literal["mixed-reward", "expected"]
+MixtureWeights = Literal["uniform", "learned"]
 FederationMode = Literal["central", "simulation", "deployment", "inprocess"]
 TypeMix = Literal["pure", "mixed"]
 ServerOptimizer = Literal["fedavg", "fedadam"]
@@ -173,6 +174,12 @@ class ModelConfig:
     # FedVPA-GP with mixture heads: "expected" trains on E_q(c|ctx)[log p(targets | head c)]
     # (each user one component); "mixed-reward" on log p(targets | sum_c q(c|ctx) r_c)
     component_likelihood: ComponentLikelihood = "mixed-reward"
+    # FedVPA-GP's mixture weights pi of p(c): "uniform" fixes pi_c = 1/K (the GMVAE of
+    # Dilokthanakul et al. 2016); "learned" trains them (VaDE, Jiang et al. 2017; the default
+    # until 2026-11-30). Learned weights follow the components' use, and KL(q(c|C) || pi) then
+    # pulls every user towards the popular components: on three generated types the learned
+    # weights left two components dead and two types merged even at 6,000 steps (README).
+    mixture_weights: MixtureWeights = "uniform"
 
     def validate(self) -> None:
         _check(1 <= self.latent_dim <= 512, "model.latent_dim", self.latent_dim, "be in [1, 512]")

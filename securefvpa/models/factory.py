@@ -34,6 +34,7 @@ def build_model(cfg: ModelConfig, *, embed_dim: int, n_types: int, seed: int) ->
             tau_end=cfg.tau_end,
             input_projection=cfg.input_projection,
             component_likelihood=cfg.component_likelihood,
+            mixture_weights=cfg.mixture_weights,
         )
 
 

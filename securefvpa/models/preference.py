@@ -17,9 +17,9 @@ q(z, c | C) = q(z | C) q(c | C) and the prior p(z, c) = pi_c N(z; m_c, diag s_c^
 
 (expand log p(T, z, c) - log q(z, c) and use Jensen). Here q(z|C) = N(mu(C), diag sigma^2(C)) comes
 from the set encoder; q(c|C) = softmax(W z + b) is an amortised component posterior evaluated at
-the reparameterised z ~ q(z|C) (the GMVAE's q(c|x) network, fed with z), with prototypes m_c,
-log-variances log s_c^2 and mixture weights pi learnable. In training the expectation over c is
-taken with a relaxed Gumbel-Softmax sample c~ = gumbel_softmax(log q(c|C), tau) (Jang et al. 2017;
+the reparameterised z ~ q(z|C) (the GMVAE's q(c|x) network, fed with z), with prototypes m_c and
+log-variances log s_c^2 learnable and the mixture weights pi uniform (``model.mixture_weights``;
+"learned" trains them, as VaDE does). In training the expectation over c is taken with a relaxed Gumbel-Softmax sample c~ = gumbel_softmax(log q(c|C), tau) (Jang et al. 2017;
 Maddison et al. 2017): E_q(c)[KL_c] ~= sum_c c~_c KL_c, reparameterised through q(c|C), with tau
 annealed geometrically from tau_start to tau_end; evaluation reports the exact expectation.
 
@@ -64,6 +64,7 @@ from securefvpa.models.reward import CONDITIONINGS, RewardHead
 
 KINDS = ("btl", "vpl", "fedvpa-gp", "oracle")
 COMPONENT_LIKELIHOODS = ("mixed-reward", "expected")
+MIXTURE_WEIGHTS = ("uniform", "learned")
 
 
 class PreferenceModel(nn.Module):
@@ -84,6 +85,7 @@ class PreferenceModel(nn.Module):
         tau_end: float = 1.0,
         input_projection: int = 0,
         component_likelihood: str = "mixed-reward",
+        mixture_weights: str = "uniform",
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -98,6 +100,11 @@ class PreferenceModel(nn.Module):
             raise ModelError(
                 f"model.component_likelihood must be one of {list(COMPONENT_LIKELIHOODS)}. "
                 f"Found {component_likelihood!r}."
+            )
+        if mixture_weights not in MIXTURE_WEIGHTS:
+            raise ModelError(
+                f"model.mixture_weights must be one of {list(MIXTURE_WEIGHTS)}. "
+                f"Found {mixture_weights!r}."
             )
         if kind == "oracle" and n_types < 1:
             raise ModelError(
@@ -147,7 +154,9 @@ class PreferenceModel(nn.Module):
         if kind == "fedvpa-gp" or (kind == "vpl" and conditioning == "mixture-heads"):
             self.gate = nn.Linear(latent_dim, components)  # q(c | z) / head gate
         if kind == "fedvpa-gp":
-            self.prior = MixturePrior(components, latent_dim)
+            self.prior = MixturePrior(
+                components, latent_dim, learn_weights=mixture_weights == "learned"
+            )
 
         if conditioning == "mixture-heads":
             n_heads = {"btl": 1, "vpl": components, "fedvpa-gp": components, "oracle": n_types}[

@@ -1,7 +1,11 @@
 """Priors over the user latent z: N(0, I) (VPL) and the Gumbel-Softmax Gaussian mixture (FedVPA-GP).
 
 The mixture prior p(z) = sum_c pi_c N(z; m_c, diag s_c^2) has K learnable prototypes m_c,
-learnable log-variances log s_c^2 and learnable mixture logits. Opacus computes per-sample
+learnable log-variances log s_c^2 and mixture weights pi that are either uniform, pi_c = 1/K (the
+GMVAE of Dilokthanakul et al. 2016, section 3; the default) or learnable logits (VaDE, Jiang et
+al. 2017). Learned weights track how much each component is used, and the KL(q(c) || pi) term
+then pulls every user towards the already popular components (rich get richer); on three
+generated user types that left two components dead and two types merged. Opacus computes per-sample
 gradients only for layers it knows, so all three live in ``nn.Embedding`` tables that are looked up
 with index tensors whose first dim is the episode batch (``arange(K).expand(B, K)``): each episode
 then has its own copy of the prior in the graph and its own, well-defined gradient for it.
@@ -37,13 +41,21 @@ class MixturePrior(nn.Module):
 
     LOGVAR_BOUND = 4.0
 
-    def __init__(self, components: int, latent_dim: int, *, proto_scale: float = 1.5) -> None:
+    def __init__(
+        self,
+        components: int,
+        latent_dim: int,
+        *,
+        learn_weights: bool = False,
+        proto_scale: float = 1.5,
+    ) -> None:
         super().__init__()
         self.components = components
         self.latent_dim = latent_dim
         self.prototypes = nn.Embedding(components, latent_dim)
         self.logvars = nn.Embedding(components, latent_dim)
-        self.mix_logits = nn.Embedding(1, components)
+        # Uniform weights are a constant, not a parameter: nothing to train, send or noise.
+        self.mix_logits = nn.Embedding(1, components) if learn_weights else None
         with torch.no_grad():
             if components <= latent_dim:  # rows of a random orthogonal matrix
                 q, _ = torch.linalg.qr(torch.randn(latent_dim, latent_dim))
@@ -53,15 +65,24 @@ class MixturePrior(nn.Module):
                     proto_scale * F.normalize(torch.randn(components, latent_dim), dim=-1)
                 )
             self.logvars.weight.zero_()
-            self.mix_logits.weight.zero_()
+            if self.mix_logits is not None:
+                self.mix_logits.weight.zero_()
 
     def tables(self, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """(prototypes [B,K,L], log-variances [B,K,L], log pi [B,K]) looked up per episode."""
         idx = torch.arange(self.components, device=device).expand(batch, self.components).contiguous()
         protos = self.prototypes(idx)
         logvars = self.LOGVAR_BOUND * torch.tanh(self.logvars(idx) / self.LOGVAR_BOUND)
-        zero = torch.zeros(batch, dtype=torch.long, device=device)
-        log_pi = torch.log_softmax(self.mix_logits(zero), dim=-1)
+        if self.mix_logits is None:
+            log_pi = torch.full(
+                (batch, self.components),
+                -math.log(self.components),
+                dtype=protos.dtype,
+                device=device,
+            )
+        else:
+            zero = torch.zeros(batch, dtype=torch.long, device=device)
+            log_pi = torch.log_softmax(self.mix_logits(zero), dim=-1)
         return protos, logvars, log_pi
 
     def terms(self, mu: torch.Tensor, logvar: torch.Tensor, log_resp: torch.Tensor) -> MixtureTerms:

@@ -18,8 +18,15 @@ def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
     if set(arrays) != set(state):
         missing = sorted(set(state) - set(arrays))[:3]
         extra = sorted(set(arrays) - set(state))[:3]
+        hint = ""
+        if "prior.mix_logits.weight" in set(arrays) ^ set(state):
+            hint = (
+                " (the stored model and the config disagree on model.mixture_weights: runs from"
+                ' before 2026-11-30 trained them; set model.mixture_weights = "learned" for those)'
+            )
         raise ModelError(
             f"parameter names do not match the model (missing {missing}, unexpected {extra})"
+            + hint
         )
     for k, v in arrays.items():
         if tuple(v.shape) != tuple(state[k].shape):
