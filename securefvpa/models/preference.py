@@ -19,9 +19,10 @@ q(z, c | C) = q(z | C) q(c | C) and the prior p(z, c) = pi_c N(z; m_c, diag s_c^
 from the set encoder; q(c|C) = softmax(W z + b) is an amortised component posterior evaluated at
 the reparameterised z ~ q(z|C) (the GMVAE's q(c|x) network, fed with z), with prototypes m_c and
 log-variances log s_c^2 learnable and the mixture weights pi uniform (``model.mixture_weights``;
-"learned" trains them, as VaDE does). In training the expectation over c is taken with a relaxed Gumbel-Softmax sample c~ = gumbel_softmax(log q(c|C), tau) (Jang et al. 2017;
-Maddison et al. 2017): E_q(c)[KL_c] ~= sum_c c~_c KL_c, reparameterised through q(c|C), with tau
-annealed geometrically from tau_start to tau_end; evaluation reports the exact expectation.
+"learned" trains them, as VaDE does). In training the expectation over c is taken with a relaxed
+Gumbel-Softmax sample c~ = gumbel_softmax(log q(c|C), tau) (Jang et al. 2017; Maddison et al.
+2017): E_q(c)[KL_c] ~= sum_c c~_c KL_c, reparameterised through q(c|C), with tau annealed
+geometrically from tau_start to tau_end; evaluation reports the exact expectation.
 
 The reward is conditioned on z (``model.conditioning``): "mixture-heads" mixes K heads with the
 component posterior q(c|C) (a softmax of a linear map of z), "film"/"concat" take u = [z, q(c|C)].

@@ -5,10 +5,11 @@ learnable log-variances log s_c^2 and mixture weights pi that are either uniform
 GMVAE of Dilokthanakul et al. 2016, section 3; the default) or learnable logits (VaDE, Jiang et
 al. 2017). Learned weights track how much each component is used, and the KL(q(c) || pi) term
 then pulls every user towards the already popular components (rich get richer); on three
-generated user types that left two components dead and two types merged. Opacus computes per-sample
-gradients only for layers it knows, so all three live in ``nn.Embedding`` tables that are looked up
-with index tensors whose first dim is the episode batch (``arange(K).expand(B, K)``): each episode
-then has its own copy of the prior in the graph and its own, well-defined gradient for it.
+generated user types that left two components dead and two types merged (README, Benchmarks).
+Opacus computes per-sample gradients only for layers it knows, so the trained tables are
+``nn.Embedding`` modules looked up with index tensors whose first dim is the episode batch
+(``arange(K).expand(B, K)``): each episode then has its own copy of the prior in the graph and its
+own, well-defined gradient for it.
 
 The closed-form KL terms come from :mod:`securefvpa.models.kl` (pure, tested against Monte-Carlo).
 """
