@@ -671,6 +671,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     return config_from_dict(raw)
 
 
+# Keys added after runs were recorded, with the value that reproduces a run whose
+# config.resolved.toml predates them (a resolved config written since records every key).
+RECORDED_BEFORE: dict[str, Any] = {"model.mixture_weights": "learned"}  # before 2026-11-30
+
+
+def load_recorded_config(path: str | Path) -> RunConfig:
+    """A run directory's ``config.resolved.toml``, read as the run that wrote it ran.
+
+    A key of :data:`RECORDED_BEFORE` that the file lacks takes the value the code of that run
+    used, not today's default: a FedVPA-GP run recorded before ``model.mixture_weights`` existed
+    trained its mixture weights. Raises what :func:`load_config` raises.
+    """
+    raw = read_toml(path)
+    for dotted, value in RECORDED_BEFORE.items():
+        section, key = dotted.split(".")
+        table = raw.get(section)
+        if not isinstance(table, dict) or key not in table:
+            set_dotted(raw, dotted, value)
+    return config_from_dict(raw)
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``raw["a"]["b"] = value`` for ``dotted == "a.b"``, creating tables as needed."""
     parts = dotted.split(".")

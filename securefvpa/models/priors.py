@@ -38,7 +38,11 @@ class MixtureTerms:
 
 
 class MixturePrior(nn.Module):
-    """K prototype Gaussians with mixture weights, held in ``nn.Embedding`` tables."""
+    """K prototype Gaussians (``nn.Embedding`` tables) with uniform or learned mixture weights.
+
+    ``learn_weights=False``: pi_c = 1/K, a constant (no parameter); True: pi = softmax of an
+    ``nn.Embedding`` row of logits.
+    """
 
     LOGVAR_BOUND = 4.0
 
@@ -70,7 +74,8 @@ class MixturePrior(nn.Module):
                 self.mix_logits.weight.zero_()
 
     def tables(self, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """(prototypes [B,K,L], log-variances [B,K,L], log pi [B,K]) looked up per episode."""
+        """(prototypes [B,K,L], log-variances [B,K,L], log pi [B,K]), one row per episode
+        (log pi = -log K in every row when the weights are uniform)."""
         idx = torch.arange(self.components, device=device).expand(batch, self.components).contiguous()
         protos = self.prototypes(idx)
         logvars = self.LOGVAR_BOUND * torch.tanh(self.logvars(idx) / self.LOGVAR_BOUND)

@@ -41,7 +41,7 @@ Rotation. ``y = H D x / sqrt(block)`` per block of ``block_size`` (a power of tw
 same for every client; an orthogonal map fixed before the data, so it does not affect privacy),
 ``H`` the Walsh-Hadamard matrix (own FWHT: numpy/scipy have no fast transform and
 ``scipy.linalg.hadamard`` is a dense ``O(block^2)`` matrix). Blocks limit the padding
-(66,005 -> 69,632 at block 4096 instead of 131,072); ``block_size = 1`` means no rotation. It only
+(66,001 -> 69,632 at block 4096 instead of 131,072); ``block_size = 1`` means no rotation. It only
 flattens the coordinates so that the modulus wraps rarely.
 
 Wrap-around (:func:`wrap_probability_bound`). With ``N`` units summed (all survivors) and ``m``

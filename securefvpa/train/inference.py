@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from securefvpa.config import RunConfig, load_config
+from securefvpa.config import RunConfig, load_recorded_config
 from securefvpa.data.dataset import EmbeddedPairs, UserData
 from securefvpa.data.embed import (
     embed_records,
@@ -379,7 +379,7 @@ def load_trained_model(
             f"{str(root)!r} is not a run directory (no config.resolved.toml); give the --out "
             "folder of `securefvpa run`"
         )
-    cfg = load_config(rd.config)
+    cfg = load_recorded_config(rd.config)
     if cfg.federation.mode == "central":
         raise RunDirError(
             f"{str(root)!r} is a central run (federation.mode = 'central'): central training "

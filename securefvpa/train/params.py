@@ -20,9 +20,10 @@ def load_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> None:
         extra = sorted(set(arrays) - set(state))[:3]
         hint = ""
         if "prior.mix_logits.weight" in set(arrays) ^ set(state):
+            stored = "learned" if "prior.mix_logits.weight" in arrays else "uniform"
             hint = (
-                " (the stored model and the config disagree on model.mixture_weights: runs from"
-                ' before 2026-11-30 trained them; set model.mixture_weights = "learned" for those)'
+                f' (the stored parameters have {stored} mixture weights: set'
+                f' model.mixture_weights = "{stored}")'
             )
         raise ModelError(
             f"parameter names do not match the model (missing {missing}, unexpected {extra})"

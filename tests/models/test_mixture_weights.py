@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from securefvpa.config import ModelConfig, config_from_dict
+from securefvpa.config import (
+    ModelConfig,
+    config_from_dict,
+    dump_config,
+    load_config,
+    load_recorded_config,
+)
 from securefvpa.errors import ConfigError, ModelError
 from securefvpa.models.factory import build_model
 from securefvpa.models.planted import planted_pairs
@@ -79,10 +85,24 @@ def test_bad_values_are_named_and_old_learned_runs_get_a_hint() -> None:
         config_from_dict({"model": {"mixture_weights": "learnt"}})
     with pytest.raises(ModelError, match="'learnt'"):
         _gp("learnt")
-    with pytest.raises(ModelError, match='mixture_weights = "learned"'):
+    with pytest.raises(ModelError, match='learned mixture weights: set model.mixture_weights = "learned"'):
         load_arrays(_gp("uniform"), model_to_arrays(_gp("learned")))
-    with pytest.raises(ModelError, match="mixture_weights"):
+    with pytest.raises(ModelError, match='uniform mixture weights: set model.mixture_weights = "uniform"'):
         load_arrays(_gp("learned"), model_to_arrays(_gp("uniform")))
+
+
+def test_a_recorded_config_without_the_key_reads_as_learned(tmp_path) -> None:
+    """config.resolved.toml written before the key existed: the run trained its weights.
+    A config file a user writes still gets today's default."""
+    text = dump_config(config_from_dict({"model": {"kind": "fedvpa-gp"}}))
+    assert 'mixture_weights = "uniform"' in text
+    old = tmp_path / "config.resolved.toml"
+    old.write_text(text.replace('mixture_weights = "uniform"\n', ""))
+    assert load_recorded_config(old).model.mixture_weights == "learned"
+    assert load_config(old).model.mixture_weights == "uniform"
+    new = tmp_path / "new.toml"
+    new.write_text(text)
+    assert load_recorded_config(new).model.mixture_weights == "uniform"
 
 
 @pytest.mark.parametrize("kind", ["btl", "vpl", "oracle"])

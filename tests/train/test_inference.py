@@ -271,6 +271,33 @@ def test_parameters_of_another_model_are_refused(trained, tmp_path):
         load_trained_model(other)
 
 
+def test_a_run_recorded_before_mixture_weights_existed_still_scores(trained, tmp_path):
+    """A FedVPA-GP run from before 2026-11-30: its config.resolved.toml has no
+    model.mixture_weights and its parameters hold the trained mixture logits. It loads with
+    learned weights; at logits 0 (= uniform) it scores exactly like the uniform run. Mutant
+    caught: load_trained_model reading the recorded config with today's default (uniform), which
+    refuses the stored logits."""
+    run_dir, data = trained
+    old = _copy_run(run_dir, tmp_path / "old")
+    cfg_path = old / "config.resolved.toml"
+    text = cfg_path.read_text()
+    assert 'mixture_weights = "uniform"\n' in text
+    cfg_path.write_text(text.replace('mixture_weights = "uniform"\n', ""))
+    with np.load(old / "final_params.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["prior.mix_logits.weight"] = np.zeros((1, 4), dtype=np.float32)
+    np.savez(old / "final_params.npz", **arrays)
+    then, now = load_trained_model(old), load_trained_model(run_dir)
+    assert then.config.model.mixture_weights == "learned"
+    assert now.config.model.mixture_weights == "uniform"
+    records = read_records(data)
+    uid = records[0].user_id
+    ctx = [r for r in records if r.user_id == uid][:4]
+    a = then.score(ctx, prompt=PROMPT, responses=RESPONSES).scores
+    b = now.score(ctx, prompt=PROMPT, responses=RESPONSES).scores
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_oracle_needs_the_users_known_type(tmp_path):
     """The oracle conditions on the user's type: pairs without user_type or with a type the run
     never saw are refused by name; with the type, scores follow that type's head."""

@@ -36,8 +36,8 @@ def _batch():
     return collate(pairs, eps)
 
 
-def _model(kind: str, cond: str):
-    cfg = ModelConfig(kind=kind, conditioning=cond, **SMALL)
+def _model(kind: str, cond: str, weights: str = "uniform"):
+    cfg = ModelConfig(kind=kind, conditioning=cond, mixture_weights=weights, **SMALL)
     return build_model(cfg, embed_dim=6, n_types=2, seed=0).double()
 
 
@@ -46,15 +46,24 @@ def _double(batch):
 
 
 @pytest.mark.parametrize("kind", ["btl", "vpl", "fedvpa-gp", "oracle"])
-def test_validator_is_clean(kind: str) -> None:
-    assert ModuleValidator.validate(_model(kind, "mixture-heads"), strict=True) == []
+@pytest.mark.parametrize("weights", ["uniform", "learned"])
+def test_validator_is_clean(kind: str, weights: str) -> None:
+    assert ModuleValidator.validate(_model(kind, "mixture-heads", weights), strict=True) == []
 
 
 @pytest.mark.parametrize(
-    ("kind", "cond"),
-    [("fedvpa-gp", "mixture-heads"), ("fedvpa-gp", "film"), ("vpl", "concat"), ("oracle", "film")],
+    ("kind", "cond", "weights"),
+    [
+        ("fedvpa-gp", "mixture-heads", "uniform"),
+        ("fedvpa-gp", "mixture-heads", "learned"),  # the mixture logits' per-episode gradient
+        ("fedvpa-gp", "film", "uniform"),
+        ("vpl", "concat", "uniform"),
+        ("oracle", "film", "uniform"),
+    ],
 )
-def test_per_episode_gradients_match_micro_batch_oracle(kind: str, cond: str, monkeypatch) -> None:
+def test_per_episode_gradients_match_micro_batch_oracle(
+    kind: str, cond: str, weights: str, monkeypatch
+) -> None:
     # Opacus records activations in training mode only; make the training graph deterministic
     # (noise-free reparameterisation and Gumbel-Softmax) so each episode can be recomputed alone.
     monkeypatch.setattr(torch, "randn_like", lambda x: torch.full_like(x, 0.3))
@@ -64,7 +73,8 @@ def test_per_episode_gradients_match_micro_batch_oracle(kind: str, cond: str, mo
         lambda logits, tau=1.0, hard=False: torch.softmax(logits / tau, dim=-1),
     )
     batch = _batch()
-    model = _model(kind, cond)
+    model = _model(kind, cond, weights)
+    assert (weights == "learned") == any("mix_logits" in n for n, _ in model.named_parameters())
     model.train()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     loss, _ = gsm(**_double(batch))
