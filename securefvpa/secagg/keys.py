@@ -72,10 +72,11 @@ def load_roster(path: Path) -> dict[int, bytes]:
 
 def parse_roster(data: bytes, *, source: str) -> dict[int, bytes]:
     """``{node id: raw Ed25519 public key}`` from a roster file's bytes (``source`` names the
-    file in the error); ConfigError for anything but a JSON object of hex keys."""
+    file in the error, with what is wrong in it); ConfigError for anything but a JSON object of
+    hex keys. Python caps the quoted value in these messages (e.g. int() at ~200 characters)."""
     try:
         return {int(k): bytes.fromhex(v) for k, v in json.loads(data).items()}
     except (ValueError, AttributeError, TypeError, RecursionError) as exc:
         raise ConfigError(
-            f"cannot read the secure-aggregation roster {source!r}: {type(exc).__name__}"
+            f"cannot read the secure-aggregation roster {source!r}: {type(exc).__name__}: {exc}"
         ) from None

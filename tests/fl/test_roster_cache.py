@@ -30,6 +30,12 @@ def test_a_rewritten_roster_is_used_at_the_next_message(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="roster.json"):
         _roster(node)  # type: ignore[arg-type]
+    path.write_text('{"1": "zz"}')  # what is wrong is named, not only its type
+    with pytest.raises(ConfigError, match="roster.json.*non-hexadecimal number"):
+        _roster(node)  # type: ignore[arg-type]
+    path.write_text('{"one": "00"}')
+    with pytest.raises(ConfigError, match="roster.json.*'one'"):
+        _roster(node)  # type: ignore[arg-type]
     path.unlink()
     with pytest.raises(ConfigError, match="cannot read the secure-aggregation roster"):
         _roster(node)  # type: ignore[arg-type]
